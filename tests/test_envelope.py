@@ -1,0 +1,86 @@
+"""The envelope and the payload models: round-trips (property-based), limits, and clear errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from thatdam_bus import Envelope, FrameReady, NodeHeartbeat, Role
+from thatdam_bus.envelope import decode_raw, encode
+from thatdam_bus.errors import DecodeError, SchemaError
+from thatdam_bus.events import ALL_PAYLOADS, model_for_type
+from thatdam_bus.ids import new_event_id
+
+WORD = st.from_regex(r"[A-Za-z0-9_\-]{1,64}", fullmatch=True)
+TEXT = st.text(max_size=80)
+TIMES = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def heartbeats(draw: st.DrawFn) -> NodeHeartbeat:
+    return NodeHeartbeat(
+        node_id=draw(WORD),
+        hostname=draw(TEXT),
+        role=draw(st.sampled_from(Role)),
+        epoch=draw(st.integers(0, 2**53)),
+        version=draw(TEXT),
+        uptime_s=draw(st.floats(0, 1e9)),
+        load=draw(st.floats(0, 1e3)),
+        interval_s=draw(st.floats(0.01, 60)),
+    )
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> FrameReady:
+    return FrameReady(
+        node_id=draw(WORD), device=draw(WORD), seq=draw(st.integers(0, 2**40)),
+        pts=draw(st.none() | st.integers(-(2**40), 2**40)), captured_at=draw(TIMES),
+        width=draw(st.integers(1, 16384)), height=draw(st.integers(1, 16384)),
+        uri=draw(st.text(max_size=200)), sha256=draw(st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
+        size_bytes=draw(st.integers(0, 2**40)), keyframe=draw(st.booleans()),
+    )
+
+
+@given(payload=heartbeats() | frames(), epoch=st.integers(0, 2**53), seq=st.integers(0, 2**53),
+       subject=st.none() | st.text(max_size=100), when=TIMES)
+def test_envelope_round_trips(payload: NodeHeartbeat | FrameReady, epoch: int, seq: int,
+                              subject: str | None, when: datetime) -> None:
+    sent = Envelope[type(payload)](  # type: ignore[misc]
+        type=payload.event_type, source="thatdam://c/n1/test", data=payload, epoch=epoch, seq=seq,
+        subject=subject, time=when,
+    )
+    raw = decode_raw(encode(sent))
+    received = raw.model_copy(update={"data": model_for_type(raw.type).model_validate(raw.data)})
+    assert received == sent
+
+
+@pytest.mark.parametrize("body", [b"", b"\xff\xfe", b"[1,2]", b'"text"', b"{not json"])
+def test_undecodable_bodies_raise_decode_error(body: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_raw(body)
+
+
+def test_invalid_envelope_names_the_fields() -> None:
+    with pytest.raises(SchemaError) as caught:
+        decode_raw(b'{"type": "x", "epoch": -1, "data": {}}')
+    message = str(caught.value)
+    assert "source: Field required" in message
+    assert "epoch" in message
+
+
+def test_every_event_type_is_registered_once() -> None:
+    types = [model.event_type for model in ALL_PAYLOADS]
+    assert len(types) == len(set(types)) == 15
+    with pytest.raises(SchemaError):
+        model_for_type("thatdam.nothing.v1")
+
+
+def test_event_ids_are_unique_and_sortable_by_creation() -> None:
+    ids = [new_event_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)

@@ -1,0 +1,89 @@
+"""RabbitMQ recovery is the transport's job: kill our connection server-side, consumption must resume.
+
+Only connections this test can identify as its own are closed (by their client-provided name, which carries
+the per-test prefix), because other tests may share the broker. ``THATDAM_TEST_RABBITMQCTL`` overrides the
+command, e.g. ``docker exec rabbitmq rabbitmqctl`` when the broker runs in a container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.support import Collector, wait_until
+from thatdam_bus.errors import TransportUnavailable
+from thatdam_bus.transports.amqp import AmqpTransport
+from thatdam_bus.transports.base import QueueKind, QueueSpec
+
+RABBITMQCTL = shlex.split(os.environ.get("THATDAM_TEST_RABBITMQCTL", "rabbitmqctl"))
+
+
+async def _rabbitmqctl(*args: str, timeout: float = 30.0) -> str:
+    if shutil.which(RABBITMQCTL[0]) is None:
+        pytest.skip(f"{RABBITMQCTL[0]} not found (set THATDAM_TEST_RABBITMQCTL)")
+    process = await asyncio.create_subprocess_exec(
+        *RABBITMQCTL, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode == 0, f"rabbitmqctl {args} failed: {err.decode()}"
+    return out.decode()
+
+
+async def close_connections_named(name: str) -> int:
+    """Close, server-side, every connection whose client-provided ``connection_name`` is ``name``."""
+    listing = await _rabbitmqctl("-q", "list_connections", "pid", "client_properties", "--no-table-headers")
+    marker = f'{{"connection_name","{name}"}}'
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
+    for pid in pids:
+        await _rabbitmqctl("close_connection", pid, "thatdam recovery test")
+    return len(pids)
+
+
+async def test_consumption_resumes_after_connection_is_killed(
+    rabbitmq: str, amqp_cleanup: Callable[[str], None], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="thatdam_bus.transports.amqp")
+    amqp_cleanup(f"{prefix}.survivor")
+    name = f"thatdam-test {prefix}"
+    bus = AmqpTransport(rabbitmq, prefix=prefix, reconnect_max_delay=0.5, connection_name=name)
+    await bus.start()
+    try:
+        work, tap = Collector(), Collector()
+        await bus.subscribe(QueueSpec(("intent.#",), kind=QueueKind.DURABLE, name="survivor"), work)
+        await bus.subscribe(QueueSpec(("intent.#",)), tap)
+        await bus.publish("intent.capture.start", b"before", durable=True)
+        await work.wait_body(b"before")
+        await tap.wait_body(b"before")
+
+        assert await close_connections_named(bus.connection_name) == 1
+        await wait_until(lambda: bus.recoveries >= 1, timeout=20.0, what="the transport to reconnect")
+
+        await bus.publish("intent.capture.stop", b"after", durable=True)
+        await work.wait_body(b"after")
+        await tap.wait_body(b"after")
+        assert "connection lost" in caplog.text
+        assert "ZERO CONSUMERS" not in caplog.text
+    finally:
+        await bus.aclose()
+
+
+async def test_first_connect_fails_fast_when_broker_is_unreachable() -> None:
+    bus = AmqpTransport("amqp://guest:guest@127.0.0.1:1/", prefix="unreachable", connect_timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(TransportUnavailable):
+        await bus.start()
+    assert time.monotonic() - started < 3.0
+    await bus.aclose()

@@ -1,0 +1,80 @@
+"""thatdam-bus: event-bus choreography for small camera/media clusters.
+
+The public API for handlers and scripts. Everything else is internal and may change.
+"""
+
+from thatdam_bus.config import Settings, load_settings
+from thatdam_bus.context import HandlerContext
+from thatdam_bus.envelope import Envelope, Payload
+from thatdam_bus.errors import (
+    ConfigError,
+    ContractError,
+    PublishRefused,
+    Reject,
+    Retry,
+    ThatdamError,
+    TransportError,
+    TransportUnavailable,
+)
+from thatdam_bus.events import (
+    CaptureFailed,
+    CaptureStarted,
+    CaptureStartIntent,
+    CaptureStopIntent,
+    CaptureStopped,
+    FrameReady,
+    IntentResult,
+    IntentStatus,
+    LeaderElected,
+    LeaderLost,
+    LeaderResigned,
+    NodeHeartbeat,
+    NodeJoined,
+    NodeLeft,
+    NodeLost,
+    NodeRoleChanged,
+    Role,
+)
+from thatdam_bus.membership import MembershipView
+from thatdam_bus.publisher import Bus
+from thatdam_bus.service import Service
+from thatdam_bus.topics import Patterns
+from thatdam_bus.transports.base import QueueKind
+
+__all__ = [
+    "Bus",
+    "CaptureFailed",
+    "CaptureStartIntent",
+    "CaptureStarted",
+    "CaptureStopIntent",
+    "CaptureStopped",
+    "ConfigError",
+    "ContractError",
+    "Envelope",
+    "FrameReady",
+    "HandlerContext",
+    "IntentResult",
+    "IntentStatus",
+    "LeaderElected",
+    "LeaderLost",
+    "LeaderResigned",
+    "MembershipView",
+    "NodeHeartbeat",
+    "NodeJoined",
+    "NodeLeft",
+    "NodeLost",
+    "NodeRoleChanged",
+    "Patterns",
+    "Payload",
+    "PublishRefused",
+    "QueueKind",
+    "Reject",
+    "Retry",
+    "Role",
+    "Service",
+    "Settings",
+    "ThatdamError",
+    "TransportError",
+    "TransportUnavailable",
+    "load_settings",
+]

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``thatdam`` (up, tail) and ``bus-tail``."""

@@ -1,0 +1,60 @@
+"""``thatdam``: the node and its tools. Each command calls ``asyncio.run`` once; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from thatdam_bus.cli.logs import configure_logging
+from thatdam_bus.config import load_settings
+from thatdam_bus.errors import ThatdamError
+
+
+def _up(_args: argparse.Namespace) -> int:
+    from thatdam_bus.node.runtime import Node, install_signal_handlers
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+
+    async def run() -> None:
+        node = Node(settings)
+        install_signal_handlers(node)
+        await node.run()
+
+    asyncio.run(run())
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from thatdam_bus.cli.tail import run_tail
+
+    return run_tail(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from thatdam_bus.cli.tail import add_tail_arguments
+
+    parser = argparse.ArgumentParser(prog="thatdam", description="thatdam-bus node and tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="run a node (configured by THATDAM_* environment variables)")
+    up.set_defaults(func=_up)
+    tail = commands.add_parser("tail", help="print live events (same as bus-tail)")
+    add_tail_arguments(tail)
+    tail.set_defaults(func=_tail)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ThatdamError as exc:
+        print(f"thatdam: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

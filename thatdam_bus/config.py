@@ -1,0 +1,82 @@
+"""One settings model for every ``THATDAM_*`` environment variable (documented in README).
+
+Invalid values become a one-line ``ConfigError`` naming the variable, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, AmqpDsn, Field, RedisDsn, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from thatdam_bus.errors import ConfigError
+
+RoleSetting = Literal["auto", "solo", "leader", "worker", "proxy"]
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/thatdam`` as root (as in the seeds), else the XDG state directory."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/thatdam")
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "thatdam"
+
+
+class Settings(BaseSettings):
+    """Node and tool configuration. Every field reads ``THATDAM_<NAME>`` unless an alias says otherwise."""
+
+    model_config = SettingsConfigDict(env_prefix="THATDAM_", extra="ignore", frozen=True)
+
+    amqp_url: AmqpDsn | None = Field(default=None, description="RabbitMQ URL; unset or unreachable -> embedded")
+    redis_url: RedisDsn | None = Field(default=None, description="Redis URL for the leader lease")
+    state_dir: Path = Field(default_factory=default_state_dir, description="node_id, cluster.json, bus.sock")
+    prefix: str = Field(
+        default="thatdam",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        validation_alias=AliasChoices("THATDAM_PREFIX", "EVENT_PREFIX"),
+        description="topic exchange name (the seeds' EVENT_PREFIX)",
+    )
+    cluster: str = Field(default="default", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    role: RoleSetting = Field(
+        default="auto", validation_alias=AliasChoices("THATDAM_ROLE", "ROLE"), description="pin a role"
+    )
+    heartbeat_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between heartbeats")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="deliveries before a message is dead-lettered")
+    max_message_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies are dead-lettered")
+    connect_timeout: float = Field(default=3.0, gt=0, le=120, description="first-connect deadline, seconds")
+    services: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("membership",), description="handler modules (under handlers/) this node runs, comma-separated"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _split_services(cls, value: object) -> object:
+        """Comma-separated in the environment (``membership,capture``), a sequence in code."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def socket_path(self) -> Path:
+        """Where a solo node's embedded broker listens for local tools."""
+        return self.state_dir / "bus.sock"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; a bad value raises ``ConfigError`` with one line per problem."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper()
+            if not name.startswith("THATDAM_") and name not in {"ROLE", "EVENT_PREFIX"}:
+                name = f"THATDAM_{name}"
+            problems.append(f"invalid {name}: {error['msg']}")
+        raise ConfigError("; ".join(problems)) from None

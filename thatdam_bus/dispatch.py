@@ -1,0 +1,91 @@
+"""From bytes to a typed handler call, and from the handler's behaviour to the message's fate.
+
+Order matters: the size limit is checked before decoding, decoding and validation before any handler work,
+so malformed, oversized or schema-invalid input costs little and is dead-lettered with a readable reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from thatdam_bus.context import HandlerContext
+from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error
+from thatdam_bus.errors import ContractError, Reject, Retry
+from thatdam_bus.service import HandlerSpec
+from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind
+
+log = logging.getLogger("thatdam_bus.dispatch")
+
+ContextFactory = Callable[[Delivery], HandlerContext]
+
+
+class SeenIds:
+    """A bounded memory of processed envelope ids: durable deliveries are at-least-once, handlers run once."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+
+def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
+    """Check size, decode, check the type and validate ``data`` against the handler's model."""
+    if len(body) > max_bytes:
+        raise ContractError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    raw = decode_raw(body)
+    if raw.type != spec.payload.event_type:
+        raise ContractError(f"event type {raw.type!r} is not {spec.payload.event_type!r} handled here")
+    try:
+        data = spec.payload.model_validate(raw.data)
+    except ValidationError as exc:
+        raise ContractError(f"invalid {raw.type} data: {describe_validation_error(exc, prefix='data')}") from exc
+    return raw.model_copy(update={"data": data})
+
+
+def make_callback(
+    spec: HandlerSpec, context_for: ContextFactory, *, max_bytes: int, seen: SeenIds | None = None
+) -> DeliveryCallback:
+    """The delivery callback a transport runs for ``spec``."""
+    if seen is None and spec.queue.kind is QueueKind.DURABLE:
+        seen = SeenIds()
+
+    async def on_delivery(delivery: Delivery) -> Outcome:
+        try:
+            event = decode_for(spec, delivery.body, max_bytes)
+        except ContractError as exc:
+            return _dead_letter(spec, delivery, str(exc))
+        if seen is not None and event.id in seen:
+            log.info("duplicate %s id=%s ignored by %s", delivery.routing_key, event.id, spec.qualified_name)
+            return ACK
+        try:
+            await spec.fn(event, context_for(delivery))
+        except Reject as exc:
+            return _dead_letter(spec, delivery, exc.reason)
+        except Retry as exc:
+            return Outcome(Fate.REQUEUE, exc.reason)
+        except Exception as exc:
+            log.warning("handler %s failed on %s (attempt %d): %r",
+                        spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
+            return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}")
+        if seen is not None:
+            seen.add(event.id)
+        return ACK
+
+    return on_delivery
+
+
+def _dead_letter(spec: HandlerSpec, delivery: Delivery, reason: str) -> Outcome:
+    log.warning("dead-lettered %s for %s: %s", delivery.routing_key, spec.qualified_name, reason)
+    return Outcome(Fate.DEAD_LETTER, reason)

@@ -1,0 +1,28 @@
+"""Frame-ready payload: a claim check. The JPEG lives in the blob store; the message carries where and what."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from thatdam_bus.envelope import Payload
+from thatdam_bus.events.fields import DeviceName, NodeId
+
+
+class FrameReady(Payload):
+    event_type = "thatdam.frame.ready.v1"
+    durable = True
+    node_id: NodeId
+    device: DeviceName
+    seq: int = Field(ge=0)
+    pts: int | None = Field(default=None, description="presentation timestamp in stream time-base units")
+    captured_at: datetime
+    width: int = Field(gt=0, le=16384)
+    height: int = Field(gt=0, le=16384)
+    format: Literal["jpeg"] = "jpeg"
+    uri: str = Field(max_length=1024, description="where the blob is, e.g. file:///var/lib/thatdam/blobs/ab/cd..")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    keyframe: bool

@@ -1,0 +1,1 @@
+"""The node runtime: identity, transport choice, handler lifecycle and heartbeats."""

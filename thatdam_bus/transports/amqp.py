@@ -1,0 +1,221 @@
+"""The RabbitMQ transport: the ``Transport`` contract on a topic exchange, via FastStream's ``RabbitBroker``.
+
+Layout of the implementation:
+
+* ``amqp_topology``: names and declarations (``<prefix>``, ``<prefix>.dlx``, ``<prefix>.dead-letters``);
+* ``amqp_link``: one connection epoch (a FastStream broker) and confirmed publishing;
+* ``amqp_recovery``: the supervisor that replaces a lost epoch with backoff and restores it;
+* ``amqp_consumer``: one subscription: channel, queue, consumer and delivery settlement.
+
+This class wires them together and keeps the only strong references to the subscriptions, which is what
+recovery walks after a reconnect (aio-pika's robust objects are weakly held and have come back with zero
+consumers: aio-pika #231/#536, faststream #2758).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
+
+from thatdam_bus.errors import ConfigError, TransportClosed, TransportUnavailable
+from thatdam_bus.transports.amqp_consumer import AmqpSubscription, ConsumerSettings, consumer_count
+from thatdam_bus.transports.amqp_link import (
+    CONNECTION_ERRORS,
+    LOG,
+    UNAVAILABLE_ERRORS,
+    Link,
+    LinkSettings,
+    as_transport_error,
+    confirmed_publish,
+    open_link,
+    transient_message,
+)
+from thatdam_bus.transports.amqp_recovery import LinkState, Supervisor
+from thatdam_bus.transports.amqp_topology import Topology
+from thatdam_bus.transports.base import Capabilities, DeliveryCallback, QueueSpec, Subscription
+
+__all__ = ["AmqpTransport"]
+
+
+def _host_of(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"amqp", "amqps"}:
+        raise ConfigError(f"not an AMQP URL (amqp:// or amqps://): scheme {parts.scheme!r}")
+    return f"{parts.hostname or 'localhost'}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+class AmqpTransport:
+    """RabbitMQ transport. Durable publishes are persistent and confirmed; recovery is owned here."""
+
+    capabilities = Capabilities(
+        scheme="amqp", cross_host=True, survives_restart=True, publisher_confirms=True
+    )
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "thatdam",
+        max_attempts: int = 3,
+        reconnect_max_delay: float = 10.0,
+        connect_timeout: float = 5.0,
+        queue_type: str = "classic",
+        confirm_timeout: float = 10.0,
+        connection_name: str | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ConfigError("max_attempts must be >= 1")
+        try:
+            self._topology = Topology(prefix, queue_type)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self._host = _host_of(url)
+        self._prefix = prefix
+        self._connect_timeout = connect_timeout
+        self._confirm_timeout = confirm_timeout
+        self._events = self._topology.events_schema()
+        self._settings = LinkSettings(
+            url=url,
+            # Names the connection in the broker's management view; also how the recovery test finds it.
+            connection_name=connection_name
+            or parse_qs(urlsplit(url).query).get("name", [""])[0]
+            or f"thatdam-bus {prefix} {socket.gethostname()}:{os.getpid()}",
+            connect_timeout=connect_timeout,
+            confirm_timeout=confirm_timeout,
+        )
+        self._consumer_settings = ConsumerSettings(
+            topology=self._topology, dlx=self._topology.dlx_schema(), max_attempts=max_attempts,
+            timeout=confirm_timeout,
+        )
+        self._subscriptions: set[AmqpSubscription] = set()
+        self._supervisor = Supervisor(
+            self._open_link, self._restore, max_delay=reconnect_max_delay,
+            restore_timeout=connect_timeout + confirm_timeout, retire_timeout=connect_timeout,
+        )
+        self._closed = False
+
+    @property
+    def connection_name(self) -> str:
+        return self._settings.connection_name
+
+    @property
+    def recoveries(self) -> int:
+        """How many times a lost connection has been replaced and restored (for health checks and tests)."""
+        return self._supervisor.recoveries
+
+    def __repr__(self) -> str:
+        state = LinkState.CLOSED if self._closed else self._supervisor.state
+        return (
+            f"AmqpTransport(host={self._host!r}, prefix={self._prefix!r}, state={state.value!r}, "
+            f"subscriptions={len(self._subscriptions)})"
+        )
+
+    async def start(self) -> None:
+        """Connect and declare; the first connect fails fast with ``TransportUnavailable``."""
+        self._check_open()
+        if self._supervisor.state is not LinkState.NEW:
+            return
+        try:
+            await self._supervisor.start()
+        except UNAVAILABLE_ERRORS as exc:
+            raise TransportUnavailable(
+                f"cannot reach RabbitMQ at {self._host} within {self._connect_timeout}s: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        mandatory: bool = False,
+    ) -> None:
+        self._check_open()
+        link = await self._supervisor.current(self._connect_timeout)
+        plain = dict(headers) if headers else None
+        if durable or mandatory:  # a return is only reported through the confirm, so mandatory needs one too
+            await confirmed_publish(
+                link, body, exchange=self._events, routing_key=routing_key, mandatory=mandatory,
+                timeout=self._confirm_timeout, headers=plain, persist=durable,
+            )
+            return
+        try:
+            await link.fast_exchange.publish(transient_message(body, plain), routing_key, mandatory=False)
+        except CONNECTION_ERRORS as exc:
+            raise as_transport_error(exc, f"publish to {routing_key!r}") from exc
+
+    async def subscribe(self, spec: QueueSpec, callback: DeliveryCallback) -> Subscription:
+        """Returns once the queue is declared, bound and consumed; recovery re-attaches it on reconnect."""
+        self._check_open()
+        link = await self._supervisor.current(self._connect_timeout)
+        subscription = AmqpSubscription(spec, callback, self._consumer_settings, self._subscriptions.discard)
+        self._subscriptions.add(subscription)
+        try:
+            async with asyncio.timeout(self._connect_timeout + self._confirm_timeout):
+                await subscription.attach(link)
+        except BaseException as exc:
+            await subscription.cancel()
+            if isinstance(exc, UNAVAILABLE_ERRORS):
+                raise as_transport_error(exc, f"subscribe {spec.patterns!r}") from exc
+            raise
+        return subscription
+
+    async def aclose(self) -> None:
+        """Cancel every subscription (each bounded by its own deadline) and disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        await self._supervisor.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed("the AMQP transport was used after aclose()")
+
+    async def _open_link(self) -> Link:
+        return await open_link(self._settings, self._topology)
+
+    async def _restore(self, link: Link) -> None:
+        """After a reconnect: re-consume every live subscription, then check the broker agrees. One queue that
+        cannot be restored (e.g. declared elsewhere with other arguments) must not block the others."""
+        subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            try:
+                await subscription.attach(link)
+            except Exception as exc:
+                if link.lost.is_set():
+                    raise
+                LOG.error("could not restore %r: %s: %s", subscription, type(exc).__name__, exc)
+        for subscription in subscriptions:
+            await self._check_consumers(link, subscription)
+
+    async def _check_consumers(self, link: Link, subscription: AmqpSubscription) -> None:
+        if subscription.cancelled:
+            return
+        try:
+            count = await consumer_count(link, subscription.queue, self._confirm_timeout)
+        except Exception as exc:
+            LOG.warning("could not verify consumers of %s after recovery: %s", subscription.queue, exc)
+            return
+        if count == 0:
+            LOG.warning(
+                "QUEUE %s HAS ZERO CONSUMERS after RabbitMQ recovery: work for %s will pile up unconsumed",
+                subscription.queue, subscription.spec.patterns,
+            )

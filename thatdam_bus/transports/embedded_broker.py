@@ -1,0 +1,304 @@
+"""The embedded broker's core: queues, the two topic exchanges (events and dead letters) and message fates.
+
+Everything here is synchronous except waiting for a message, so a publish is a handful of dict look-ups and
+deque appends: the hot path must stay close to a bare asyncio router. Consumers (in-process workers or the
+socket server's pumps) pull from a ``MessageQueue``; the broker never calls user code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from thatdam_bus.errors import PublishRefused
+from thatdam_bus.topics import topic_matches
+from thatdam_bus.transports.base import (
+    ACK,
+    Delivery,
+    Fate,
+    Outcome,
+    QueueKind,
+    QueueSpec,
+    Source,
+    dead_letter_headers,
+    settle,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+DEAD_LETTER_QUEUE = "dead-letters"
+_ROUTE_CACHE_LIMIT = 8192
+"""Routing keys carry node ids and intent ids, so the cache is bounded: past this size it starts over."""
+
+
+def _slow_delivery(routing_key: str, body: bytes, headers: Mapping[str, Any], attempt: int,
+                   queue: str) -> Delivery:
+    return Delivery(routing_key, body, headers, attempt, queue)
+
+
+def _fast_delivery(routing_key: str, body: bytes, headers: Mapping[str, Any], attempt: int,
+                   queue: str) -> Delivery:
+    """Fill the frozen dataclass's ``__dict__`` directly: a third of the cost of its ``__init__``, which
+    matters at one Delivery per message per queue. Equal to ``Delivery(...)`` (checked at import)."""
+    delivery = _new(Delivery)
+    fields = delivery.__dict__
+    fields["routing_key"] = routing_key
+    fields["body"] = body
+    fields["headers"] = headers
+    fields["attempt"] = attempt
+    fields["queue"] = queue
+    return delivery
+
+
+def _pick_delivery_maker() -> Callable[[str, bytes, Mapping[str, Any], int, str], Delivery]:
+    """The fast path only if ``Delivery`` still keeps a plain ``__dict__`` and compares equal that way."""
+    if hasattr(_new(Delivery), "__dict__"):
+        with contextlib.suppress(Exception):
+            if _fast_delivery("k", b"", {}, 1, "q") == Delivery("k", b"", {}, 1, "q"):
+                return _fast_delivery
+    return _slow_delivery
+
+
+_new = object.__new__
+make_delivery = _pick_delivery_maker()
+
+
+class Mailbox(Generic[T]):
+    """An unbounded FIFO with waiting getters and head insertion (asyncio.Queue cannot put at the head).
+
+    A getter takes its item when it runs, not when it is woken, so several workers pulling from one mailbox
+    start their callbacks in FIFO order, and a cancelled getter never loses an item.
+    """
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        if self._waiters:
+            self._wake()
+
+    def put_front(self, item: T) -> None:
+        self._items.appendleft(item)
+        if self._waiters:
+            self._wake()
+
+    def get_nowait(self) -> T | None:
+        return self._items.popleft() if self._items else None
+
+    def drain(self) -> list[T]:
+        """Take everything at once (a queue being deleted, a subscription releasing its backlog)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def get(self) -> T:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                self._forget(waiter)
+                raise
+        return self._items.popleft()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """A getter was cancelled: drop its waiter, and if it had been woken pass the wake-up on."""
+        if not waiter.done():
+            waiter.cancel()
+        elif not waiter.cancelled() and self._items:
+            self._wake()
+
+
+class MessageQueue(Mailbox[Delivery]):
+    """One broker queue. Durable queues refuse confirmed publishes when full (back-pressure); ephemeral
+    views and the dead-letter store drop their oldest message instead (lossy fan-out is their contract)."""
+
+    __slots__ = ("_warned", "drop_oldest", "dropped", "durable", "high_water", "limit", "name")
+
+    def __init__(self, name: str, *, durable: bool, limit: int, drop_oldest: bool) -> None:
+        super().__init__()
+        self.name = name
+        self.durable = durable
+        self.limit = limit
+        self.high_water = max(1, limit // 2)
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+        self._warned = False
+
+    def __repr__(self) -> str:
+        return f"<MessageQueue {self.name!r} depth={len(self)} dropped={self.dropped}>"
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.limit
+
+    def offer(self, delivery: Delivery) -> None:
+        """Enqueue a routed copy; a full queue loses one message (oldest or this one) and says so once."""
+        if len(self._items) >= self.limit:
+            self.dropped += 1
+            if not self._warned:
+                self._warned = True
+                victim = "oldest messages" if self.drop_oldest else "new messages"
+                log.warning("queue %s is full (%d); dropping %s from now on", self.name, self.limit, victim)
+            if not self.drop_oldest:
+                return
+            self._items.popleft()
+        self._items.append(delivery)
+        if self._waiters:
+            self._wake()
+
+
+class Broker:
+    """Queues, bindings on the events and dead-letter exchanges, a route cache, and the three fates."""
+
+    def __init__(self, prefix: str, *, max_attempts: int, queue_limit: int) -> None:
+        if max_attempts < 1 or queue_limit < 1:
+            raise ValueError("max_attempts and queue_limit must be >= 1")
+        self.prefix = prefix
+        self.max_attempts = max_attempts
+        self.queue_limit = queue_limit
+        self.queues: dict[str, MessageQueue] = {}
+        self._bindings: dict[Source, dict[tuple[str, str], MessageQueue]] = {s: {} for s in Source}
+        self._routes: dict[Source, dict[str, tuple[MessageQueue, ...]]] = {s: {} for s in Source}
+        self._event_routes = self._routes[Source.EVENTS]
+        self._ephemeral_ids = itertools.count(1)
+        dead = self._queue(self.durable_name(DEAD_LETTER_QUEUE), durable=True, drop_oldest=True)
+        self.bind(dead, Source.DEAD_LETTERS, ("#",))
+
+    def durable_name(self, name: str) -> str:
+        return f"{self.prefix}.{name}"
+
+    def declare(self, spec: QueueSpec) -> MessageQueue:
+        """Find or create the spec's queue and add its bindings (bindings accumulate, as in RabbitMQ)."""
+        if spec.kind is QueueKind.DURABLE:
+            assert spec.name is not None
+            name = self.durable_name(spec.name)
+            found = self.queues.get(name)
+            queue = found if found is not None else self._queue(name, durable=True, drop_oldest=False)
+        else:
+            name = f"{self.prefix}.ephemeral.{next(self._ephemeral_ids)}"
+            queue = self._queue(name, durable=False, drop_oldest=True)
+        self.bind(queue, spec.source, spec.patterns)
+        return queue
+
+    def bind(self, queue: MessageQueue, source: Source, patterns: tuple[str, ...]) -> None:
+        bindings = self._bindings[source]
+        for pattern in patterns:
+            bindings[(pattern, queue.name)] = queue
+        self._routes[source].clear()
+
+    def delete(self, queue: MessageQueue) -> None:
+        """Remove a queue and its bindings; its messages go with it (an ephemeral view that was cancelled)."""
+        if self.queues.get(queue.name) is not queue:
+            return
+        del self.queues[queue.name]
+        for source, bindings in self._bindings.items():
+            for key in [k for k, q in bindings.items() if q is queue]:
+                del bindings[key]
+            self._routes[source].clear()
+        queue.drain()
+
+    def route(self, source: Source, routing_key: str) -> tuple[MessageQueue, ...]:
+        """The queues a routing key reaches, each once, in binding order; cached until bindings change."""
+        cache = self._routes[source]
+        queues = cache.get(routing_key)
+        if queues is None:
+            found = {q.name: q for (pattern, _), q in self._bindings[source].items()
+                     if topic_matches(pattern, routing_key)}
+            queues = tuple(found.values())
+            if len(cache) >= _ROUTE_CACHE_LIMIT:
+                cache.clear()
+            cache[routing_key] = queues
+        return queues
+
+    def publish(self, routing_key: str, body: bytes, headers: Mapping[str, Any] | None,
+                durable: bool, mandatory: bool) -> bool:
+        """Route one message to the events exchange. Returns True when a target queue is past its high-water
+        mark, so an async caller can yield and let consumers catch up before anything has to be dropped."""
+        queues = self._event_routes.get(routing_key)
+        if queues is None:
+            queues = self.route(Source.EVENTS, routing_key)
+        if not queues:
+            if mandatory:
+                raise PublishRefused(f"no queue is bound to routing key {routing_key!r}")
+            return False
+        if durable:
+            self._check_room(queues)
+        frozen = NO_HEADERS if not headers else MappingProxyType(dict(headers))
+        crowded = False
+        for queue in queues:
+            queue.offer(make_delivery(routing_key, body, frozen, 1, queue.name))
+            if len(queue) > queue.high_water:
+                crowded = True
+        return crowded
+
+    def finish(self, queue: MessageQueue, delivery: Delivery, outcome: Outcome) -> None:
+        """Apply a subscriber's decision, bounded by ``settle`` so a poison message ends as a dead letter."""
+        if outcome is ACK:
+            return
+        if not isinstance(outcome, Outcome):
+            outcome = Outcome(Fate.REQUEUE, f"subscriber returned {outcome!r}, not an Outcome")
+        outcome = settle(outcome, delivery.attempt, self.max_attempts)
+        if outcome.fate is Fate.ACK:
+            return
+        if outcome.fate is Fate.REQUEUE:
+            self.release(queue, delivery)
+        else:
+            self.dead_letter(delivery, outcome.reason or "rejected")
+
+    def release(self, queue: MessageQueue, delivery: Delivery) -> None:
+        """Give an unacked message back to the head of its queue as a redelivery (requeue, cancel, client
+        gone). Never refused: the queue had already accepted it. A deleted queue's messages just vanish."""
+        if self.queues.get(queue.name) is queue:
+            queue.put_front(make_delivery(delivery.routing_key, delivery.body, delivery.headers,
+                                          delivery.attempt + 1, delivery.queue))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Publish a record to the dead-letter exchange under the original routing key."""
+        headers = MappingProxyType(dead_letter_headers(delivery, reason))
+        for queue in self.route(Source.DEAD_LETTERS, delivery.routing_key):
+            queue.offer(make_delivery(delivery.routing_key, delivery.body, headers, 1, queue.name))
+
+    def clear(self) -> None:
+        for queue in self.queues.values():
+            queue.drain()
+        self.queues.clear()
+        for source in Source:
+            self._bindings[source].clear()
+            self._routes[source].clear()
+
+    def _queue(self, name: str, *, durable: bool, drop_oldest: bool) -> MessageQueue:
+        queue = MessageQueue(name, durable=durable, limit=self.queue_limit, drop_oldest=drop_oldest)
+        self.queues[name] = queue
+        return queue
+
+    @staticmethod
+    def _check_room(queues: tuple[MessageQueue, ...]) -> None:
+        """A confirmed publish is all or nothing: refuse it before any copy lands if a work queue is full."""
+        for queue in queues:
+            if queue.durable and not queue.drop_oldest and queue.full:
+                raise PublishRefused(f"queue {queue.name} is full ({queue.limit} messages)")
