@@ -16,6 +16,24 @@ REDIS_URL = os.environ.get("THATDAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+REFERENCE_DIRS = [
+    Path(os.environ.get("THATDAM_REFERENCE_SCHEMAS", "/nonexistent")),
+    Path(__file__).resolve().parents[2] / "shared" / "reference-schemas",
+    Path("/work/shared/reference-schemas"),
+]
+
+
+def reference_schema(name: str) -> Path:
+    """An offline official schema (AsyncAPI, Compose). CI has them at ../shared/reference-schemas; a user's
+    clone may not, which skips the check locally but fails it on CI."""
+    for directory in REFERENCE_DIRS:
+        if (directory / name).exists():
+            return directory / name
+    if ON_CI:
+        pytest.fail(f"reference schema {name} not found in {[str(d) for d in REFERENCE_DIRS]} (CI=true)")
+    pytest.skip(f"reference schema {name} not available (set THATDAM_REFERENCE_SCHEMAS)")
+
+
 def _reachable(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):

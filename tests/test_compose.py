@@ -13,11 +13,10 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import ON_CI
+from tests.conftest import reference_schema
 from thatdam_bus.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference-schemas" / "compose-spec.json"
 
 
 @pytest.fixture
@@ -26,11 +25,7 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 
 def test_compose_validates_against_the_compose_spec(compose: dict) -> None:  # type: ignore[type-arg]
-    if not REFERENCE.exists():
-        if ON_CI:
-            pytest.fail(f"{REFERENCE} is missing on CI")
-        pytest.skip(f"Compose Specification schema not available at {REFERENCE}")
-    schema = json.loads(REFERENCE.read_text())
+    schema = json.loads(reference_schema("compose-spec.json").read_text())
     errors = list(jsonschema.Draft7Validator(schema).iter_errors(compose))
     assert not errors, [e.message for e in errors[:5]]
 
