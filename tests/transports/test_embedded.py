@@ -22,6 +22,7 @@ from thatdam_bus.errors import (
 from thatdam_bus.transports.base import REASON_HEADER, Delivery, Fate, Outcome, QueueKind, QueueSpec, Source
 from thatdam_bus.transports.embedded import EmbeddedTransport
 from thatdam_bus.transports.socket_client import SocketTransport
+from thatdam_bus.transports.workers import MAX_WORKERS
 
 OUR_TASKS = ("embedded:", "bus-socket-pump", "socket-subscription")
 
@@ -161,6 +162,36 @@ async def test_unacked_work_of_a_vanished_client_goes_to_another_consumer(
     assert all(d.attempt == 2 for d in got.got)
     await doomed.aclose()
     await survivor.aclose()
+
+
+@pytest.mark.parametrize("where", ["embedded", "socket"])
+async def test_cancel_returns_interrupted_work_as_redelivered_and_backlog_as_is(
+    host: EmbeddedTransport, prefix: str, sock: Path, where: str
+) -> None:
+    consumer = host if where == "embedded" else await client(prefix, sock)
+    held: list[Delivery] = []
+    never = asyncio.Event()
+
+    async def hold(delivery: Delivery) -> Outcome:
+        held.append(delivery)
+        await never.wait()
+        return Outcome(Fate.ACK)
+
+    total = MAX_WORKERS + 6  # prefetch covers all; only MAX_WORKERS callbacks run, the rest wait unseen
+    subscription = await consumer.subscribe(durable("work", "intent.#", prefetch=total), hold)
+    for i in range(total):
+        await host.publish("intent.capture.start", str(i).encode(), durable=True)
+    await wait_until(lambda: len(held) == MAX_WORKERS, what="every worker holds a message")
+    await subscription.cancel()
+    later = Collector()
+    await host.subscribe(durable("work", "intent.#"), later)
+    await later.wait_count(total)
+    attempts = {int(d.body): d.attempt for d in later.got}
+    assert sorted(attempts) == list(range(total))
+    assert {attempts[int(d.body)] for d in held} == {2}
+    assert [attempts[i] for i in range(MAX_WORKERS, total)] == [1] * 6
+    if consumer is not host:
+        await consumer.aclose()
 
 
 async def test_full_durable_queue_refuses_a_durable_publish(prefix: str, sock: Path) -> None:

@@ -32,8 +32,8 @@ from thatdam_bus.transports.amqp_link import (
     LinkSettings,
     as_transport_error,
     confirmed_publish,
+    new_message,
     open_link,
-    transient_message,
 )
 from thatdam_bus.transports.amqp_recovery import LinkState, Supervisor
 from thatdam_bus.transports.amqp_topology import Topology
@@ -78,7 +78,6 @@ class AmqpTransport:
         self._prefix = prefix
         self._connect_timeout = connect_timeout
         self._confirm_timeout = confirm_timeout
-        self._events = self._topology.events_schema()
         self._settings = LinkSettings(
             url=url,
             # Names the connection in the broker's management view; also how the recovery test finds it.
@@ -89,8 +88,7 @@ class AmqpTransport:
             confirm_timeout=confirm_timeout,
         )
         self._consumer_settings = ConsumerSettings(
-            topology=self._topology, dlx=self._topology.dlx_schema(), max_attempts=max_attempts,
-            timeout=confirm_timeout,
+            topology=self._topology, max_attempts=max_attempts, timeout=confirm_timeout
         )
         self._subscriptions: set[AmqpSubscription] = set()
         self._supervisor = Supervisor(
@@ -137,17 +135,18 @@ class AmqpTransport:
         durable: bool = False,
         mandatory: bool = False,
     ) -> None:
+        """Durable/mandatory: persistent (if durable) and confirmed within ``confirm_timeout``. Otherwise
+        fire-and-forget on a channel without confirms. While reconnecting, waits up to ``connect_timeout``."""
         self._check_open()
         link = await self._supervisor.current(self._connect_timeout)
-        plain = dict(headers) if headers else None
+        message = new_message(body, dict(headers) if headers else None, persistent=durable)
         if durable or mandatory:  # a return is only reported through the confirm, so mandatory needs one too
             await confirmed_publish(
-                link, body, exchange=self._events, routing_key=routing_key, mandatory=mandatory,
-                timeout=self._confirm_timeout, headers=plain, persist=durable,
+                link.events, message, routing_key, mandatory=mandatory, timeout=self._confirm_timeout
             )
             return
         try:
-            await link.fast_exchange.publish(transient_message(body, plain), routing_key, mandatory=False)
+            await link.fast.publish(message, routing_key, mandatory=False)
         except CONNECTION_ERRORS as exc:
             raise as_transport_error(exc, f"publish to {routing_key!r}") from exc
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
-from faststream.rabbit import RabbitExchange
 
 from thatdam_bus.errors import PublishRefused
-from thatdam_bus.transports.amqp_link import DEFAULT_EXCHANGE, LOG, Link, confirmed_publish
+from thatdam_bus.transports.amqp_link import APP_ID, LOG, Link, confirmed_publish
+from thatdam_bus.transports.amqp_recovery import backoff_delay
 from thatdam_bus.transports.amqp_topology import Topology, declare_subscription_queue
 from thatdam_bus.transports.base import (
     ATTEMPTS_HEADER,
@@ -49,12 +49,12 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"
 # A dead-letter record already carries ATTEMPTS_HEADER (how often the *original* failed); a subscriber of the
 # dead letters counts its own retries separately so that history does not eat its attempts.
 TAP_ATTEMPTS_HEADER = "x-thatdam-tap-attempts"
+REPAIR_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
 class ConsumerSettings:
     topology: Topology
-    dlx: RabbitExchange
     max_attempts: int
     timeout: float
 
@@ -72,7 +72,7 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any], persistent:
         message_id=message.message_id,
         timestamp=message.timestamp,
         type=message.type,
-        app_id=message.app_id,
+        app_id=message.app_id or APP_ID,
     )
 
 
@@ -105,6 +105,7 @@ class AmqpSubscription:
         self._queue: AbstractRobustQueue | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._repair: asyncio.Task[None] | None = None
         self.cancelled = False
 
     @property
@@ -117,7 +118,8 @@ class AmqpSubscription:
 
     async def attach(self, link: Link) -> None:
         """Declare, bind and consume on ``link``; a no-op if already consuming there. The caller sets the
-        deadline. The old channel needs no cancel: it died with its connection."""
+        deadline. The previous channel is not touched: after a reconnect it died with its connection, and
+        ``_reconsume`` closes it itself once the new consumer is up."""
         async with self._lock:
             if self.cancelled or self._link is link:
                 return
@@ -128,10 +130,54 @@ class AmqpSubscription:
                 name = self._name if self._durable else self._settings.topology.queue_name(self.spec)
                 queue = await declare_subscription_queue(channel, self._settings.topology, self.spec, name)
                 tag = await queue.consume(partial(self._on_message, link, name), robust=False)
+                await self._watch_consumer(link, channel, tag)
             except BaseException:
                 await _close_quietly(channel, self._settings.timeout)
                 raise
             self._link, self._channel, self._queue, self._tag, self._name = link, channel, queue, tag, name
+
+    async def _watch_consumer(self, link: Link, channel: AbstractRobustChannel, tag: str) -> None:
+        """Notice the broker dropping our consumer while the connection lives (queue deleted, channel error):
+        connection recovery never sees that, and the queue would sit with zero consumers."""
+
+        def on_close(_channel: object, exc: BaseException | None = None) -> None:
+            if channel is self._channel:
+                self._consumer_lost(link)
+
+        def on_cancel(frame: Any) -> None:
+            if frame.consumer_tag == tag and tag == self._tag:
+                self._consumer_lost(link)
+
+        channel.close_callbacks.add(on_close)
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(on_cancel)
+
+    def _consumer_lost(self, link: Link) -> None:
+        if self.cancelled or link.lost.is_set() or self._link is not link:
+            return
+        self._link = None  # so that attach(link) consumes again
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.create_task(self._reconsume(link), name=f"thatdam-reconsume {self._name}")
+
+    async def _reconsume(self, link: Link) -> None:
+        """Re-consume on the same connection, a few times with backoff; a lost connection is left to the
+        supervisor (a channel closes just before its connection reports the loss, hence the first pause)."""
+        stale = self._channel
+        for attempt in range(REPAIR_ATTEMPTS):
+            await asyncio.sleep(backoff_delay(attempt + 2, self._settings.timeout))
+            if self.cancelled or link.lost.is_set():
+                return
+            LOG.warning("the broker dropped the consumer of %s; consuming again", self._name)
+            try:
+                async with asyncio.timeout(self._settings.timeout):
+                    await self.attach(link)
+            except Exception as exc:
+                LOG.warning("re-consuming %s failed: %s: %s", self._name, type(exc).__name__, exc)
+                continue
+            if stale is not None:
+                await _close_quietly(stale, self._settings.timeout)
+            return
+        LOG.error("QUEUE %s HAS NO CONSUMER from this node until the next reconnect", self._name)
 
     async def cancel(self) -> None:
         """Stop deliveries, let in-flight callbacks settle (bounded), then close the channel."""
@@ -139,6 +185,8 @@ class AmqpSubscription:
             return
         self.cancelled = True
         self._on_cancel(self)
+        if self._repair is not None:
+            self._repair.cancel()
         timeout = self._settings.timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -182,14 +230,13 @@ class AmqpSubscription:
         """``attempt`` = our republish count + broker redeliveries (quorum ``x-delivery-count``, else 1 if
         the classic ``redelivered`` flag is set) + 1. A republished copy shows its original routing key."""
         headers = message.headers
-        redeliveries = headers.get(DELIVERY_COUNT_HEADER)
-        if redeliveries is None:
-            redeliveries = 1 if message.redelivered else 0
+        count = headers.get(DELIVERY_COUNT_HEADER)
+        redeliveries = count if isinstance(count, int) else int(bool(message.redelivered))
         prior = headers.get(self._attempt_header)
-        if prior is None:
-            return Delivery(message.routing_key or "", message.body, headers, int(redeliveries) + 1, queue)  # type: ignore[arg-type]
+        if not isinstance(prior, int):
+            return Delivery(message.routing_key or "", message.body, headers, redeliveries + 1, queue)
         key = headers.get(ORIGINAL_KEY_HEADER) or message.routing_key or ""
-        return Delivery(str(key), message.body, headers, int(prior) + int(redeliveries) + 1, queue)  # type: ignore[arg-type]
+        return Delivery(str(key), message.body, headers, prior + redeliveries + 1, queue)
 
     async def _finish(
         self, link: Link, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
@@ -214,9 +261,9 @@ class AmqpSubscription:
         headers[self._attempt_header] = delivery.attempt
         headers[ORIGINAL_KEY_HEADER] = delivery.routing_key
         try:
+            copy = _copy(message, headers, persistent=False)
             await confirmed_publish(
-                link, _copy(message, headers, persistent=False), exchange=DEFAULT_EXCHANGE,
-                routing_key=delivery.queue, mandatory=True, timeout=self._settings.timeout,
+                link.default, copy, delivery.queue, mandatory=True, timeout=self._settings.timeout
             )
         except PublishRefused:
             # The queue is going away (a tap being cancelled): leave the message to the broker's requeue.
@@ -233,13 +280,11 @@ class AmqpSubscription:
         headers.pop(DELIVERY_COUNT_HEADER, None)
         headers.pop(TAP_ATTEMPTS_HEADER, None)
         if self.spec.source is Source.DEAD_LETTERS:
-            exchange, key = DEFAULT_EXCHANGE, self._settings.topology.dead_letter_queue
+            exchange, key = link.default, self._settings.topology.dead_letter_queue
         else:
-            exchange, key = self._settings.dlx, delivery.routing_key
-        await confirmed_publish(
-            link, _copy(message, headers, persistent=True), exchange=exchange, routing_key=key,
-            mandatory=False, timeout=self._settings.timeout,
-        )
+            exchange, key = link.dlx, delivery.routing_key
+        copy = _copy(message, headers, persistent=True)
+        await confirmed_publish(exchange, copy, key, mandatory=False, timeout=self._settings.timeout)
         await message.ack()
 
 

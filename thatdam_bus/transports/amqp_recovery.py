@@ -74,6 +74,8 @@ class Supervisor:
         link = self._link
         if link is not None and not link.lost.is_set():
             return link
+        if self.state is LinkState.NEW:
+            raise TransportUnavailable("transport not started: call start() first")
         try:
             async with asyncio.timeout(timeout):
                 while (link := self._link) is None or link.lost.is_set():

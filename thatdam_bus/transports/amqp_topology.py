@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustExchange, AbstractRobustQueue
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
 from thatdam_bus.transports.base import QueueKind, QueueSpec, Source
@@ -55,7 +55,6 @@ class Topology:
         return f"{self.prefix}.dead-letters"
 
     def events_schema(self) -> RabbitExchange:
-        """FastStream's description of the event exchange; also the key its publish path caches on."""
         return RabbitExchange(self.exchange, type=ExchangeType.TOPIC, durable=True, robust=False)
 
     def dlx_schema(self) -> RabbitExchange:
@@ -80,15 +79,19 @@ class Topology:
         return f"{self.prefix}.tap.{uuid.uuid4().hex[:16]}"
 
 
-async def declare_core(broker: RabbitBroker, topology: Topology) -> None:
-    """Declare both exchanges and the dead-letter parking queue. Declared non-robust: recovery is ours."""
-    await broker.declare_exchange(topology.events_schema())
+async def declare_core(
+    broker: RabbitBroker, topology: Topology
+) -> tuple[AbstractRobustExchange, AbstractRobustExchange]:
+    """Declare both exchanges and the dead-letter parking queue, non-robust (recovery is ours); returns the
+    event exchange and the dlx as aio-pika objects on FastStream's confirming default channel."""
+    events = await broker.declare_exchange(topology.events_schema())
     dlx = await broker.declare_exchange(topology.dlx_schema())
     arguments = cast("ClassicQueueArgs", topology.durable_arguments(dead_letter=False))
     parking = await broker.declare_queue(
         RabbitQueue(topology.dead_letter_queue, durable=True, arguments=arguments, robust=False)
     )
     await parking.bind(dlx, routing_key="#", robust=False)
+    return events, dlx
 
 
 async def declare_subscription_queue(

@@ -7,14 +7,11 @@ socket server's pumps) pull from a ``MessageQueue``; the broker never calls user
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from thatdam_bus.errors import PublishRefused
 from thatdam_bus.topics import topic_matches
@@ -29,108 +26,14 @@ from thatdam_bus.transports.base import (
     dead_letter_headers,
     settle,
 )
+from thatdam_bus.transports.mailbox import Mailbox, make_delivery
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 DEAD_LETTER_QUEUE = "dead-letters"
 _ROUTE_CACHE_LIMIT = 8192
 """Routing keys carry node ids and intent ids, so the cache is bounded: past this size it starts over."""
-
-
-def _slow_delivery(routing_key: str, body: bytes, headers: Mapping[str, Any], attempt: int,
-                   queue: str) -> Delivery:
-    return Delivery(routing_key, body, headers, attempt, queue)
-
-
-def _fast_delivery(routing_key: str, body: bytes, headers: Mapping[str, Any], attempt: int,
-                   queue: str) -> Delivery:
-    """Fill the frozen dataclass's ``__dict__`` directly: a third of the cost of its ``__init__``, which
-    matters at one Delivery per message per queue. Equal to ``Delivery(...)`` (checked at import)."""
-    delivery = _new(Delivery)
-    fields = delivery.__dict__
-    fields["routing_key"] = routing_key
-    fields["body"] = body
-    fields["headers"] = headers
-    fields["attempt"] = attempt
-    fields["queue"] = queue
-    return delivery
-
-
-def _pick_delivery_maker() -> Callable[[str, bytes, Mapping[str, Any], int, str], Delivery]:
-    """The fast path only if ``Delivery`` still keeps a plain ``__dict__`` and compares equal that way."""
-    if hasattr(_new(Delivery), "__dict__"):
-        with contextlib.suppress(Exception):
-            if _fast_delivery("k", b"", {}, 1, "q") == Delivery("k", b"", {}, 1, "q"):
-                return _fast_delivery
-    return _slow_delivery
-
-
-_new = object.__new__
-make_delivery = _pick_delivery_maker()
-
-
-class Mailbox(Generic[T]):
-    """An unbounded FIFO with waiting getters and head insertion (asyncio.Queue cannot put at the head).
-
-    A getter takes its item when it runs, not when it is woken, so several workers pulling from one mailbox
-    start their callbacks in FIFO order, and a cancelled getter never loses an item.
-    """
-
-    __slots__ = ("_items", "_waiters")
-
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: T) -> None:
-        self._items.append(item)
-        if self._waiters:
-            self._wake()
-
-    def put_front(self, item: T) -> None:
-        self._items.appendleft(item)
-        if self._waiters:
-            self._wake()
-
-    def get_nowait(self) -> T | None:
-        return self._items.popleft() if self._items else None
-
-    def drain(self) -> list[T]:
-        """Take everything at once (a queue being deleted, a subscription releasing its backlog)."""
-        items = list(self._items)
-        self._items.clear()
-        return items
-
-    async def get(self) -> T:
-        while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except BaseException:
-                self._forget(waiter)
-                raise
-        return self._items.popleft()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _forget(self, waiter: asyncio.Future[None]) -> None:
-        """A getter was cancelled: drop its waiter, and if it had been woken pass the wake-up on."""
-        if not waiter.done():
-            waiter.cancel()
-        elif not waiter.cancelled() and self._items:
-            self._wake()
 
 
 class MessageQueue(Mailbox[Delivery]):
@@ -168,7 +71,7 @@ class MessageQueue(Mailbox[Delivery]):
                 return
             self._items.popleft()
         self._items.append(delivery)
-        if self._waiters:
+        if self._waiters and not self._waking:
             self._wake()
 
 
@@ -270,12 +173,14 @@ class Broker:
         else:
             self.dead_letter(delivery, outcome.reason or "rejected")
 
-    def release(self, queue: MessageQueue, delivery: Delivery) -> None:
-        """Give an unacked message back to the head of its queue as a redelivery (requeue, cancel, client
-        gone). Never refused: the queue had already accepted it. A deleted queue's messages just vanish."""
+    def release(self, queue: MessageQueue, delivery: Delivery, *, redelivered: bool = True) -> None:
+        """Give an unacked message back to the head of its queue. ``redelivered`` (a requeue, a callback
+        interrupted, a client gone mid-work) counts an attempt; a message no callback saw does not. Never
+        refused: the queue had already accepted it. A deleted queue's messages just vanish."""
         if self.queues.get(queue.name) is queue:
-            queue.put_front(make_delivery(delivery.routing_key, delivery.body, delivery.headers,
-                                          delivery.attempt + 1, delivery.queue))
+            attempt = delivery.attempt + 1 if redelivered else delivery.attempt
+            queue.put_front(make_delivery(delivery.routing_key, delivery.body, delivery.headers, attempt,
+                                          delivery.queue))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Publish a record to the dead-letter exchange under the original routing key."""

@@ -13,7 +13,7 @@ hello      client->server  id, v (protocol version) -> ok: prefix, max_frame
 pub        client->server  k (routing key), h (headers), d (durable), m (mandatory), id (only if d or m)
 sub        client->server  id, s (client-chosen subscription id), p, kind, name, pf (prefetch), src -> ok: q
 dlv        server->client  s, t (delivery tag), k, h, a (attempt), q (queue); the body is the message
-set        client->server  t, f (fate, or "release" for unhandled), r (reason); acks are batched: t is a list
+set        client->server  t, f (fate, "release" or "abandon"), r (reason); batched acks: t is a list
 can        client->server  id, s -> ok once no more ``dlv`` for s will be sent
 ok / err   server->client  id; err adds e (error class name) and msg
 =========  ==============  ==================================================================================
@@ -42,7 +42,9 @@ OP_HELLO, OP_PUBLISH, OP_SUBSCRIBE, OP_DELIVER = "hello", "pub", "sub", "dlv"
 OP_SETTLE, OP_CANCEL, OP_OK, OP_ERROR = "set", "can", "ok", "err"
 ACKS_AT = 1024
 RELEASE = "release"
-"""Settle value for a delivery the client never handled (cancelled, closing): requeued without ``settle``."""
+"""Settle value for a delivery no callback saw (backlog of a cancelled subscription): requeued as it was."""
+ABANDON = "abandon"
+"""Settle value for a delivery whose callback was interrupted: requeued as a redelivery, no ``settle``."""
 
 
 class FrameError(ValueError):

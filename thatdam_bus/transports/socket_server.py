@@ -11,15 +11,15 @@ import asyncio
 import itertools
 import logging
 import os
-import socket
-import stat
 from pathlib import Path
 from typing import Any
 
-from thatdam_bus.errors import ConfigError, PublishRefused, TransportError
+from thatdam_bus.errors import PublishRefused
 from thatdam_bus.transports.base import Delivery, Fate, Outcome, QueueKind, QueueSpec, Source
 from thatdam_bus.transports.embedded_broker import Broker, MessageQueue
+from thatdam_bus.transports.socket_path import bind_private_socket, claim_socket_path
 from thatdam_bus.transports.socket_protocol import (
+    ABANDON,
     OP_CANCEL,
     OP_HELLO,
     OP_PUBLISH,
@@ -36,7 +36,6 @@ from thatdam_bus.transports.socket_protocol import (
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT = 1.0
 STOP_TIMEOUT = 5.0
 
 
@@ -97,8 +96,8 @@ class ServerConnection(FramedProtocol):
     def deliver(self, consumer: _RemoteConsumer, batch: list[Delivery]) -> None:
         """Record each message as unacked under a fresh tag, then send it."""
         if self.closed:
-            for delivery in batch:
-                self._broker.release(consumer.queue, delivery)
+            for delivery in reversed(batch):
+                self._broker.release(consumer.queue, delivery, redelivered=False)
             return
         consumer.inflight += len(batch)
         for delivery in batch:
@@ -111,7 +110,7 @@ class ServerConnection(FramedProtocol):
         for consumer in self._consumers.values():
             self._stop(consumer)
         self._consumers.clear()
-        for consumer, delivery in self._unacked.values():
+        for consumer, delivery in reversed(self._unacked.values()):  # back to the head in their order
             self._broker.release(consumer.queue, delivery)
         self._unacked.clear()
         self._server.forget(self)
@@ -157,13 +156,13 @@ class ServerConnection(FramedProtocol):
             return
         fate, reason = header["f"], header.get("r")
         reason = reason if isinstance(reason, str) else None
-        outcome = None if fate == RELEASE else Outcome(Fate(fate), reason)
+        outcome = None if fate in (RELEASE, ABANDON) else Outcome(Fate(fate), reason)
         entry = self._unacked.pop(header["t"], None)
         if entry is None:
             return  # settled twice, or the subscription's queue is gone: nothing left to decide
         consumer, delivery = entry
         if outcome is None:
-            self._broker.release(consumer.queue, delivery)
+            self._broker.release(consumer.queue, delivery, redelivered=fate == ABANDON)
         else:
             self._broker.finish(consumer.queue, delivery, outcome)
         consumer.credit_returned()
@@ -219,8 +218,8 @@ class SocketServer:
         return f"<SocketServer {self.path} clients={len(self._connections)} pumps={len(self._tasks)}>"
 
     async def start(self) -> None:
-        await _claim(self.path)
-        sock = _bind_private(self.path)
+        await claim_socket_path(self.path)
+        sock = bind_private_socket(self.path)
         try:
             self._inode = os.stat(self.path).st_ino
             self._server = await asyncio.get_running_loop().create_unix_server(self._connect, sock=sock)
@@ -276,49 +275,3 @@ class SocketServer:
         except FileNotFoundError:
             pass
         self._inode = None
-
-
-async def _claim(path: Path) -> None:
-    """Make the path usable: the directory must exist, a stale socket is removed, a live one is refused."""
-    if not path.parent.is_dir():
-        raise ConfigError(f"bus socket directory {path.parent} does not exist")
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-    if await _someone_listens(path):
-        raise TransportError(f"another node is already serving the bus on {path}")
-    log.info("removing stale bus socket %s (nobody listens)", path)
-    path.unlink(missing_ok=True)
-
-
-async def _someone_listens(path: Path) -> bool:
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            _, writer = await asyncio.open_unix_connection(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except TimeoutError:
-        return True  # a listener too busy to accept is still a listener: never steal its path
-    except PermissionError as exc:
-        raise ConfigError(f"{path} belongs to another user's bus; refusing to replace it") from exc
-    writer.close()
-    await writer.wait_closed()
-    return True
-
-
-def _bind_private(path: Path) -> socket.socket:
-    """Bind, chmod 0600, and only then listen (create_unix_server does), so only the owner can connect."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(str(path))
-        os.chmod(path, 0o600)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if "too long" in str(exc):
-            raise ConfigError(f"bus socket path {path} is too long for a Unix socket") from exc
-        raise TransportError(f"cannot bind the bus socket {path}: {exc}") from exc
-    return sock
