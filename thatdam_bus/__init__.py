@@ -3,12 +3,16 @@
 The public API for handlers and scripts. Everything else is internal and may change.
 """
 
+from thatdam_bus.client import Client, publish_intent
 from thatdam_bus.config import Settings, load_settings
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope, Payload
 from thatdam_bus.errors import (
     ConfigError,
     ContractError,
+    IntentError,
+    IntentRejected,
+    IntentTimeout,
     PublishRefused,
     Reject,
     Retry,
@@ -48,13 +52,17 @@ __all__ = [
     "CaptureStarted",
     "CaptureStopIntent",
     "CaptureStopped",
+    "Client",
     "ConfigError",
     "ContractError",
     "Envelope",
     "FrameReady",
     "HandlerContext",
+    "IntentError",
+    "IntentRejected",
     "IntentResult",
     "IntentStatus",
+    "IntentTimeout",
     "LeaderElected",
     "LeaderLost",
     "LeaderResigned",
@@ -77,4 +85,5 @@ __all__ = [
     "TransportError",
     "TransportUnavailable",
     "load_settings",
+    "publish_intent",
 ]

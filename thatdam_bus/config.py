@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, AmqpDsn, Field, RedisDsn, ValidationError, field_validator
+from pydantic import AliasChoices, AmqpDsn, Field, RedisDsn, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from thatdam_bus.errors import ConfigError
@@ -44,15 +44,29 @@ class Settings(BaseSettings):
         default="auto", validation_alias=AliasChoices("THATDAM_ROLE", "ROLE"), description="pin a role"
     )
     heartbeat_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between heartbeats")
+    lease_ttl: float = Field(default=5.0, ge=0.5, le=600, description="leader lease time-to-live, seconds")
+    probe_interval: float = Field(default=1.0, gt=0, le=60, description="seconds between infrastructure probes")
+    sources: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="capture sources, comma-separated device=source (e.g. cam0=test://bars)"
+    )
     max_attempts: int = Field(default=3, ge=1, le=100, description="deliveries before a message is dead-lettered")
     max_message_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies are dead-lettered")
     connect_timeout: float = Field(default=3.0, gt=0, le=120, description="first-connect deadline, seconds")
     services: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=("membership",), description="handler modules (under handlers/) this node runs, comma-separated"
+        default=(), description="handler modules (under handlers/) this node runs, comma-separated"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cluster_key: SecretStr | None = Field(default=None, description="shared secret that signs intents")
+    cluster_key_file: Path | None = Field(default=None, description="file holding the cluster key")
+    cluster_key_previous: SecretStr | None = Field(
+        default=None, description="key being rotated out: still verifies, never signs"
+    )
+    cluster_key_previous_file: Path | None = Field(default=None, description="file holding the previous key")
+    intent_max_skew_s: float = Field(default=30.0, ge=0, le=3600, description="allowed clock skew")
+    intent_ttl_s: float = Field(default=60.0, gt=0, le=86_400, description="intent lifetime, seconds")
+    nonce_cache_size: int = Field(default=100_000, ge=1, description="nonces kept (replay guard)")
 
-    @field_validator("services", mode="before")
+    @field_validator("services", "sources", mode="before")
     @classmethod
     def _split_services(cls, value: object) -> object:
         """Comma-separated in the environment (``membership,capture``), a sequence in code."""

@@ -2,6 +2,7 @@
 
 Order matters: the size limit is checked before decoding, decoding and validation before any handler work,
 so malformed, oversized or schema-invalid input costs little and is dead-lettered with a readable reason.
+Signed payloads (intents) then pass the ``IntentGate`` before their handler, and publish their result after.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pydantic import ValidationError
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error
 from thatdam_bus.errors import ContractError, Reject, Retry
+from thatdam_bus.security.gate import IntentGate
+from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec
 from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind
 
@@ -50,40 +53,60 @@ def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
     try:
         data = spec.payload.model_validate(raw.data)
     except ValidationError as exc:
-        raise ContractError(f"invalid {raw.type} data: {describe_validation_error(exc, prefix='data')}") from exc
+        problems = describe_validation_error(exc, prefix="data")
+        raise ContractError(f"invalid {raw.type} data: {problems}") from exc
     return raw.model_copy(update={"data": data})
 
 
 def make_callback(
-    spec: HandlerSpec, context_for: ContextFactory, *, max_bytes: int, seen: SeenIds | None = None
+    spec: HandlerSpec,
+    context_for: ContextFactory,
+    *,
+    max_bytes: int,
+    seen: SeenIds | None = None,
+    verifier: IntentVerifier | None = None,
 ) -> DeliveryCallback:
-    """The delivery callback a transport runs for ``spec``."""
+    """The delivery callback a transport runs for ``spec``. ``verifier`` checks signed intents; without one
+    (or without a key) a handler of signed intents refuses them all."""
     if seen is None and spec.queue.kind is QueueKind.DURABLE:
         seen = SeenIds()
+    gate = IntentGate(verifier, scope=spec.qualified_name) if spec.payload.signed else None
 
     async def on_delivery(delivery: Delivery) -> Outcome:
         try:
             event = decode_for(spec, delivery.body, max_bytes)
         except ContractError as exc:
             return _dead_letter(spec, delivery, str(exc))
+        ctx = context_for(delivery)
+        if gate is not None and (rejection := gate.admit(event, delivery)) is not None:
+            await gate.refused(ctx, event, rejection)
+            return _dead_letter(spec, delivery, str(rejection))
         if seen is not None and event.id in seen:
             log.info("duplicate %s id=%s ignored by %s", delivery.routing_key, event.id, spec.qualified_name)
             return ACK
-        try:
-            await spec.fn(event, context_for(delivery))
-        except Reject as exc:
-            return _dead_letter(spec, delivery, exc.reason)
-        except Retry as exc:
-            return Outcome(Fate.REQUEUE, exc.reason)
-        except Exception as exc:
-            log.warning("handler %s failed on %s (attempt %d): %r",
-                        spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
-            return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}")
-        if seen is not None:
+        outcome = await _run(spec, event, ctx, delivery)
+        if outcome.fate is Fate.ACK and seen is not None:
             seen.add(event.id)
-        return ACK
+        if gate is not None:
+            await gate.settled(ctx, event, outcome)
+        return outcome
 
     return on_delivery
+
+
+async def _run(spec: HandlerSpec, event: Envelope[Any], ctx: HandlerContext, delivery: Delivery) -> Outcome:
+    """The handler's behaviour as a fate: return acks, ``Reject`` dead-letters, anything else requeues."""
+    try:
+        await spec.fn(event, ctx)
+    except Reject as exc:
+        return _dead_letter(spec, delivery, exc.reason)
+    except Retry as exc:
+        return Outcome(Fate.REQUEUE, exc.reason)
+    except Exception as exc:
+        log.warning("handler %s failed on %s (attempt %d): %r",
+                    spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
+        return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}")
+    return ACK
 
 
 def _dead_letter(spec: HandlerSpec, delivery: Delivery, reason: str) -> Outcome:

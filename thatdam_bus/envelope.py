@@ -25,11 +25,13 @@ DataT = TypeVar("DataT")
 
 class Payload(BaseModel):
     """Base of every event payload. ``event_type`` is the CloudEvents ``type`` the payload travels under;
-    ``durable`` payloads (work that must not be lost) are published persistent and confirmed."""
+    ``durable`` payloads (work that must not be lost) are published persistent and confirmed; ``signed``
+    payloads (intents: commands) reach a handler only with a valid cluster-key signature."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     event_type: ClassVar[str]
     durable: ClassVar[bool] = False
+    signed: ClassVar[bool] = False
 
 
 class Envelope(BaseModel, Generic[DataT]):

@@ -12,6 +12,9 @@ at the transport boundary with ``raise ... from`` so the cause survives::
     │   ├── TransportUnavailable              no connection (first connect failed, or lost and not yet back)
     │   ├── PublishRefused                    broker nacked or returned (unroutable) a confirmed publish
     │   └── TransportClosed                   the transport was used after aclose()
+    ├── IntentError                           a published intent did not end in ``done``
+    │   ├── IntentRejected                    a node refused it (``reason``: bad signature, policy, ...)
+    │   └── IntentTimeout (also TimeoutError) no result arrived before the deadline
     └── HandlerFate                           raised by handlers to choose a message's fate explicitly
         ├── Reject                            dead-letter now, with a reason
         └── Retry                             requeue for another attempt (bounded by max attempts)
@@ -54,6 +57,31 @@ class PublishRefused(TransportError):
 
 class TransportClosed(TransportError):
     """The transport was used after it was closed."""
+
+
+class IntentError(ThatdamError):
+    """A published intent did not end in ``done``. ``intent_id`` is the envelope id it was sent with."""
+
+    def __init__(self, message: str, intent_id: str) -> None:
+        super().__init__(message)
+        self.intent_id = intent_id
+
+
+class IntentRejected(IntentError):
+    """A node refused the intent; ``reason`` is what it said and ``node_id`` who said it."""
+
+    def __init__(self, intent_id: str, reason: str, node_id: str) -> None:
+        super().__init__(f"intent {intent_id} rejected by node {node_id}: {reason}", intent_id)
+        self.reason = reason
+        self.node_id = node_id
+
+
+class IntentTimeout(IntentError, TimeoutError):
+    """No result for the intent arrived in time: no node took it, or its result was lost."""
+
+    def __init__(self, intent_id: str, timeout: float) -> None:
+        super().__init__(f"no result for intent {intent_id} within {timeout:g}s", intent_id)
+        self.timeout = timeout
 
 
 class HandlerFate(ThatdamError):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Protocol
 
 from thatdam_bus.envelope import Envelope, Payload, encode, source_uri
 from thatdam_bus.transports.base import Transport
 from thatdam_bus.types import EpochSource
+
+
+class Journal(Protocol):
+    """Somewhere durable events are also kept (the solo journal); ``append`` may refuse when full."""
+
+    def append(self, routing_key: str, body: bytes) -> None: ...
 
 
 class Bus:
@@ -21,8 +27,11 @@ class Bus:
         node_id: str,
         service: str = "node",
         epoch: EpochSource = lambda: 0,
+        journal: Journal | None = None,
     ) -> None:
+        """``journal``: where a solo node also keeps its durable events until it joins a cluster."""
         self.transport = transport
+        self.journal = journal
         self.node_id = node_id
         self.source = source_uri(cluster, node_id, service)
         self._epoch = epoch
@@ -52,9 +61,12 @@ class Bus:
         self, envelope: Envelope[Any], routing_key: str, *, durable: bool, mandatory: bool = False
     ) -> None:
         """Publish an already-built envelope (signed intents are built, signed, then sent)."""
+        body = encode(envelope)
+        if durable and self.journal is not None:
+            self.journal.append(routing_key, body)
         await self.transport.publish(
             routing_key,
-            encode(envelope),
+            body,
             headers={"ce-type": envelope.type, "ce-id": envelope.id},
             durable=durable,
             mandatory=mandatory,

@@ -292,3 +292,20 @@ async def test_aclose_leaves_no_tasks_and_refuses_use(
     with pytest.raises(TransportClosed):
         await remote.publish("a", b"x")
     assert not sock.exists()
+
+
+async def test_headers_the_socket_cannot_carry_are_dead_lettered(
+    host: EmbeddedTransport, prefix: str, sock: Path
+) -> None:
+    remote = await client(prefix, sock)
+    got, dead = Collector(), Collector()
+    await remote.subscribe(QueueSpec(patterns=("a.#",)), got)
+    await remote.subscribe(QueueSpec(patterns=("#",), source=Source.DEAD_LETTERS), dead)
+    await host.publish("a.odd", b"odd", headers={"x-object": object()})
+    await host.publish("a.fine", b"fine", headers={"x-n": 1})
+    await got.wait_body(b"fine")
+    await dead.wait_body(b"odd")
+    assert "cannot cross the bus socket" in dead.got[0].headers[REASON_HEADER]
+    assert dead.got[0].headers["x-object"].startswith("<object object")
+    assert got.got[0].headers == {"x-n": 1}
+    await remote.aclose()

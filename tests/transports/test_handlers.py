@@ -12,9 +12,11 @@ from tests.transports.conftest import TransportKit
 from thatdam_bus import CaptureStartIntent, Envelope, HandlerContext, QueueKind, Reject, Role, Service
 from thatdam_bus.node.services import HandlerHost
 from thatdam_bus.publisher import Bus
+from thatdam_bus.security import ClusterKey, IntentVerifier, Keyring, sign_envelope
 from thatdam_bus.transports.base import REASON_HEADER, QueueSpec, Source
 
 received: list[Envelope[CaptureStartIntent]] = []
+KEY = ClusterKey.from_text("test cluster key")
 service = Service("testcapture")
 
 
@@ -34,7 +36,7 @@ async def running(kit: TransportKit):  # type: ignore[no-untyped-def]
     transport = await kit.new()
     kit.durable("testcapture.start_capture", "intent.capture.start")  # registers the queue for cleanup
     bus = Bus(transport, cluster="test", node_id="n1")
-    host = HandlerHost(bus, [service], max_bytes=4096)
+    host = HandlerHost(bus, [service], max_bytes=4096, verifier=IntentVerifier(Keyring(KEY)))
     dead = Collector()
     await transport.subscribe(QueueSpec(patterns=("#",), source=Source.DEAD_LETTERS), dead)
     await host.apply_role(Role.SOLO)
@@ -42,9 +44,16 @@ async def running(kit: TransportKit):  # type: ignore[no-untyped-def]
     await host.stop_all()
 
 
+async def publish(bus: Bus, intent: CaptureStartIntent) -> Envelope[CaptureStartIntent]:
+    """Intents are signed: built, signed for their routing key, then sent."""
+    envelope = sign_envelope(bus.envelope(intent), "intent.capture.start", KEY)
+    await bus.send(envelope, "intent.capture.start", durable=True)
+    return envelope
+
+
 async def test_typed_handler_gets_a_validated_model(running) -> None:  # type: ignore[no-untyped-def]
     bus, _ = running
-    sent = await bus.publish(CaptureStartIntent(node_id="n1", device="video0", fps=2), "intent.capture.start")
+    sent = await publish(bus, CaptureStartIntent(node_id="n1", device="video0", fps=2))
     await wait_until(lambda: len(received) == 1)
     assert received[0].id == sent.id
     assert isinstance(received[0].data, CaptureStartIntent)
@@ -73,14 +82,14 @@ async def test_bad_input_is_dead_lettered_with_reason_and_the_handler_keeps_runn
     assert reason in dead.got[0].headers[REASON_HEADER]
     assert dead.got[0].body == body
     assert any("dead-lettered intent.capture.start" in r.getMessage() for r in caplog.records)
-    await bus.publish(CaptureStartIntent(node_id="n1", device="video1"), "intent.capture.start")
+    await publish(bus, CaptureStartIntent(node_id="n1", device="video1"))
     await wait_until(lambda: len(received) == 1, what="the next good message is still handled")
 
 
 async def test_reject_dead_letters_and_a_raising_handler_gets_a_second_attempt(running) -> None:  # type: ignore[no-untyped-def]
     bus, dead = running
-    await bus.publish(CaptureStartIntent(node_id="n1", device="forbidden"), "intent.capture.start")
-    await bus.publish(CaptureStartIntent(node_id="n1", device="flaky"), "intent.capture.start")
+    await publish(bus, CaptureStartIntent(node_id="n1", device="forbidden"))
+    await publish(bus, CaptureStartIntent(node_id="n1", device="flaky"))
     await dead.wait_count(1)
     assert dead.got[0].headers[REASON_HEADER] == "device forbidden by policy"
     await wait_until(lambda: [e.data.device for e in received] == ["flaky"], what="flaky handled on retry")
@@ -88,9 +97,10 @@ async def test_reject_dead_letters_and_a_raising_handler_gets_a_second_attempt(r
 
 async def test_redelivered_duplicate_is_processed_once(running) -> None:  # type: ignore[no-untyped-def]
     bus, _ = running
-    envelope = bus.envelope(CaptureStartIntent(node_id="n1", device="video0"))
+    envelope = sign_envelope(bus.envelope(CaptureStartIntent(node_id="n1", device="video0")),
+                             "intent.capture.start", KEY)
     for _ in range(3):
         await bus.send(envelope, "intent.capture.start", durable=True)
-    await bus.publish(CaptureStartIntent(node_id="n1", device="after"), "intent.capture.start")
+    await publish(bus, CaptureStartIntent(node_id="n1", device="after"))
     await wait_until(lambda: len(received) >= 2)
     assert [e.data.device for e in received] == ["video0", "after"]

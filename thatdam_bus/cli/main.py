@@ -32,7 +32,14 @@ def _tail(args: argparse.Namespace) -> int:
     return run_tail(args)
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from thatdam_bus.cli.publish import run_publish
+
+    return run_publish(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from thatdam_bus.cli.publish import add_publish_arguments
     from thatdam_bus.cli.tail import add_tail_arguments
 
     parser = argparse.ArgumentParser(prog="thatdam", description="thatdam-bus node and tools")
@@ -42,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser("tail", help="print live events (same as bus-tail)")
     add_tail_arguments(tail)
     tail.set_defaults(func=_tail)
+    publish = commands.add_parser("publish", help="publish events, signing intents (exit 0/1/2/3/4)")
+    add_publish_arguments(publish)
+    publish.set_defaults(func=_publish)
     return parser
 
 

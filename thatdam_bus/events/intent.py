@@ -15,6 +15,7 @@ class CaptureStartIntent(Payload):
 
     event_type = "thatdam.intent.capture.start.v1"
     durable = True
+    signed = True
     node_id: NodeId
     device: DeviceName
     source: ShortText | None = Field(default=None, description="PyAV source; default: the device's configured one")
@@ -25,6 +26,7 @@ class CaptureStartIntent(Payload):
 class CaptureStopIntent(Payload):
     event_type = "thatdam.intent.capture.stop.v1"
     durable = True
+    signed = True
     node_id: NodeId
     device: DeviceName
 

@@ -1,8 +1,9 @@
-"""``Node``: one process of the cluster. Owns its transport, its handlers and every task it starts.
+"""``Node``: one process of the cluster. Owns its link (broker + lease), its handlers and every task it starts.
 
-Lifecycle: pick a transport (RabbitMQ if set and reachable, else the embedded broker with a local socket),
-subscribe the handlers of the current role, heartbeat until asked to stop, then say goodbye (``node.<id>.left``),
-cancel subscriptions and close the transport. Leadership and role changes arrive with the lease (a later layer).
+The node runs one *session* per link. A session subscribes the handlers of the current role, keeps the lease,
+heartbeats, and (as leader or solo) watches membership, until the node is stopped or the link should change:
+a solo node that finds RabbitMQ and Redis ends its session and starts a cluster one, in the same process, after
+forwarding the durable events it produced alone; a cluster node whose broker stays away falls back to solo.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from thatdam_bus.config import Settings
 from thatdam_bus.events.node import NodeJoined, NodeLeft, Role
 from thatdam_bus.node.heartbeat import HeartbeatSource
 from thatdam_bus.node.identity import load_or_create_node_id
-from thatdam_bus.node.services import HandlerHost, load_services
-from thatdam_bus.publisher import Bus
+from thatdam_bus.node.journal import SoloJournal
+from thatdam_bus.node.link import Link, solo_link, try_cluster_link
+from thatdam_bus.node.services import load_services
+from thatdam_bus.node.session import Session
+from thatdam_bus.security.verifier import intent_verifier
 from thatdam_bus.service import Service
-from thatdam_bus.transports import connect_node_transport
-from thatdam_bus.transports.base import Transport
 
 log = logging.getLogger("thatdam_bus.node")
 GOODBYE_TIMEOUT_S = 2.0
@@ -34,65 +36,71 @@ class Node:
         self.settings = settings
         self.node_id = load_or_create_node_id(settings.state_dir)
         self.services = services if services is not None else load_services(settings.services)
-        self.role = Role.SOLO
-        self.epoch = 0
-        self.transport: Transport | None = None
-        self.host: HandlerHost | None = None
-        self.ready = asyncio.Event()
+        self.journal = SoloJournal(settings.state_dir)
+        self.verifier = intent_verifier(settings)
+        self.session: Session | None = None
         self._stop = asyncio.Event()
         self._heartbeats = HeartbeatSource(
             self.node_id,
             services=[s.name for s in self.services],
-            devices=[],
+            devices=[entry.split("=", 1)[0] for entry in settings.sources],
             interval_s=settings.heartbeat_interval,
         )
+
+    @property
+    def role(self) -> Role | None:
+        return self.session.role if self.session is not None else None
 
     def stop(self) -> None:
         """Ask the node to shut down cleanly; safe to call from a signal handler."""
         self._stop.set()
 
     async def run(self) -> None:
-        transport = await connect_node_transport(self.settings)
-        self.transport = transport
+        """Run sessions until stopped: cluster when the infrastructure is reachable, else solo."""
         try:
-            bus = Bus(transport, cluster=self.settings.cluster, node_id=self.node_id, epoch=lambda: self.epoch)
-            self.host = HandlerHost(bus, self.services, self.settings.max_message_bytes)
-            await self.host.apply_role(self.role)
-            await self._announce_join(bus)
-            log.info("node %s up as %s on %r, running %s", self.node_id, self.role, transport, self.host.running)
-            async with asyncio.TaskGroup() as group:
-                beating = group.create_task(self._heartbeat_loop(bus))
-                self.ready.set()
-                await self._stop.wait()
-                beating.cancel()
-            await self._say_goodbye(bus)
-            await self.host.stop_all()
+            while not self._stop.is_set():
+                link = await self._open_link()
+                try:
+                    reason = await self._run_session(link)
+                finally:
+                    await link.aclose()
+                log.info("session ended: %s", reason)
         finally:
-            await transport.aclose()
             log.info("node %s stopped", self.node_id)
 
-    async def _announce_join(self, bus: Bus) -> None:
-        joined = NodeJoined(node_id=self.node_id, hostname=self._heartbeats.hostname, role=self.role)
-        await bus.publish(joined, topics.node_membership(self.node_id, "joined"))
+    async def _open_link(self) -> Link:
+        link = await try_cluster_link(self.settings, self.node_id)
+        if link is None:
+            return await solo_link(self.settings, self.node_id)
+        forwarded = await self.journal.replay(link.transport)
+        if forwarded:
+            log.info("joined the cluster with %d durable events from solo time", forwarded)
+        return link
 
-    async def _heartbeat_loop(self, bus: Bus) -> None:
-        """Beat every interval. A failed beat is logged and skipped: heartbeats may be lost, the loop may not."""
-        key = topics.node_heartbeat(self.node_id)
-        interval = self.settings.heartbeat_interval
-        while True:
-            try:
-                await bus.publish(self._heartbeats.beat(self.role, self.epoch), key)
-            except Exception as exc:  # keep beating through broker trouble
-                log.warning("heartbeat not sent: %r", exc)
-            await asyncio.sleep(interval)
+    async def _run_session(self, link: Link) -> str:
+        session = Session(self.settings, self.node_id, link, self.services, self._heartbeats,
+                          journal=self.journal if link.solo else None, verifier=self.verifier)
+        self.session = session
+        await session.start()
+        await session.bus.publish(
+            NodeJoined(node_id=self.node_id, hostname=self._heartbeats.hostname, role=session.role),
+            topics.node_membership(self.node_id, "joined"),
+        )
+        log.info("node %s up as %s on %r", self.node_id, session.role, link.transport)
+        reason = await session.run_until(self._stop)
+        if self._stop.is_set():
+            await self._say_goodbye(session)
+        await session.close()
+        return reason
 
-    async def _say_goodbye(self, bus: Bus) -> None:
+    async def _say_goodbye(self, session: Session) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                await bus.publish(NodeLeft(node_id=self.node_id), topics.node_membership(self.node_id, "left"))
+                await session.bus.publish(NodeLeft(node_id=self.node_id),
+                                          topics.node_membership(self.node_id, "left"))
 
     def __repr__(self) -> str:
-        return f"<Node {self.node_id} role={self.role} epoch={self.epoch} transport={self.transport!r}>"
+        return f"<Node {self.node_id} session={self.session!r}>"
 
 
 def install_signal_handlers(node: Node) -> None:

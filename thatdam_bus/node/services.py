@@ -13,6 +13,7 @@ from thatdam_bus.dispatch import make_callback
 from thatdam_bus.errors import ConfigError
 from thatdam_bus.events.node import Role
 from thatdam_bus.publisher import Bus
+from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec, Service
 from thatdam_bus.transports.base import Delivery, Subscription
 
@@ -35,10 +36,12 @@ def load_services(names: tuple[str, ...], package: str = "handlers") -> list[Ser
 
 
 def discover_services(package: str = "handlers") -> list[Service]:
-    """Every handler module in ``package`` (for documentation: the AsyncAPI document covers them all)."""
+    """The runtime's own services plus every handler module in ``package`` (the AsyncAPI document covers all)."""
+    from thatdam_bus.node.core_services import CORE_SERVICES
+
     root = importlib.import_module(package)
     names = sorted(info.name for info in pkgutil.iter_modules(root.__path__) if not info.name.startswith("_"))
-    return load_services(tuple(names), package)
+    return [*CORE_SERVICES, *load_services(tuple(names), package)]
 
 
 @dataclass
@@ -48,12 +51,18 @@ class HandlerHost:
     bus: Bus
     services: list[Service]
     max_bytes: int
+    states: dict[str, Any] = field(default_factory=dict)
+    """Per-service state objects the owner already has (e.g. the node's leader tracker), by service name."""
+    verifier: IntentVerifier | None = None
+    """Checks signed intents (``security.intent_verifier``); without one, intent handlers refuse all."""
     _running: dict[str, Subscription] = field(default_factory=dict)
     _states: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for service in self.services:
-            if service.state_factory is not None:
+            if service.name in self.states:
+                self._states[service.name] = self.states[service.name]
+            elif service.state_factory is not None:
                 self._states[service.name] = service.state_factory()
 
     def state_of(self, service_name: str) -> Any:
@@ -85,4 +94,4 @@ class HandlerHost:
             return HandlerContext(self.bus, self.bus.node_id, delivery.routing_key, delivery.attempt,
                                   handler_log, state)
 
-        return make_callback(spec, context_for, max_bytes=self.max_bytes)
+        return make_callback(spec, context_for, max_bytes=self.max_bytes, verifier=self.verifier)

@@ -102,6 +102,11 @@ class AmqpTransport:
         return self._settings.connection_name
 
     @property
+    def connected(self) -> bool:
+        """True while the connection is up (false while reconnecting): the node falls back to solo on it."""
+        return not self._closed and self._supervisor.state is LinkState.CONNECTED
+
+    @property
     def recoveries(self) -> int:
         """How many times a lost connection has been replaced and restored (for health checks and tests)."""
         return self._supervisor.recoveries

@@ -14,9 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from thatdam_bus.errors import PublishRefused
 from thatdam_bus.transports.base import Delivery, Fate, Outcome, QueueKind, QueueSpec, Source
 from thatdam_bus.transports.embedded_broker import Broker, MessageQueue
+from thatdam_bus.transports.mailbox import make_delivery
 from thatdam_bus.transports.socket_path import bind_private_socket, claim_socket_path
 from thatdam_bus.transports.socket_protocol import (
     ABANDON,
@@ -94,16 +97,22 @@ class ServerConnection(FramedProtocol):
         handler(header, body)
 
     def deliver(self, consumer: _RemoteConsumer, batch: list[Delivery]) -> None:
-        """Record each message as unacked under a fresh tag, then send it."""
+        """Record each message as unacked under a fresh tag, then send it. A message whose headers cannot
+        be encoded (an in-process publisher may put anything there) is dead-lettered, not left to stall."""
         if self.closed:
             for delivery in reversed(batch):
                 self._broker.release(consumer.queue, delivery, redelivered=False)
             return
-        consumer.inflight += len(batch)
         for delivery in batch:
             tag = next(self._tags)
+            try:
+                frame = deliver_frame(consumer.sid, tag, delivery)
+            except TypeError as exc:  # orjson.JSONEncodeError
+                self._broker.dead_letter(_encodable(delivery), f"headers cannot cross the bus socket: {exc}")
+                continue
+            consumer.inflight += 1
             self._unacked[tag] = (consumer, delivery)
-            self.send(deliver_frame(consumer.sid, tag, delivery))
+            self.send(frame)
 
     def on_close(self, exc: BaseException | None) -> None:
         """Cancel this client's pumps, requeue what it held unsettled, delete its ephemeral queues."""
@@ -192,6 +201,19 @@ class ServerConnection(FramedProtocol):
         """A target queue is filling: stop reading this publisher for one loop iteration."""
         self.hold_reading("crowded")
         asyncio.get_running_loop().call_soon(self.release_reading, "crowded")
+
+
+def _encodable(delivery: Delivery) -> Delivery:
+    """The same message with every header the socket cannot carry replaced by its repr, so its dead-letter
+    record can reach a socket client (and cannot loop back here)."""
+    headers: dict[str, Any] = {}
+    for key, value in delivery.headers.items():
+        try:
+            orjson.dumps(value)
+            headers[str(key)] = value
+        except TypeError:
+            headers[str(key)] = repr(value)
+    return make_delivery(delivery.routing_key, delivery.body, headers, delivery.attempt, delivery.queue)
 
 
 def _spec_of(header: dict[str, Any]) -> QueueSpec:

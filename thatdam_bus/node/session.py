@@ -1,0 +1,191 @@
+"""A session: everything a node does on one link (broker + lease), from start to the moment the link changes.
+
+The lease keeper reports lease changes; the session turns them into a role (``roles.compute_role``), starts and
+stops handlers for it, announces ``cluster.leader.*`` and ``node.<id>.role``, and rewrites ``cluster.json``.
+Every leader-only act (reporting lost nodes) checks ``keeper.is_leader`` first, which consults the monotonic
+validity of the lease, so a paused ex-leader does nothing as leader after it wakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from thatdam_bus import topics
+from thatdam_bus.config import Settings
+from thatdam_bus.events.cluster import LeaderElected, LeaderLost, LeaderResigned
+from thatdam_bus.events.node import NodeLost, NodeRoleChanged, Role
+from thatdam_bus.lease.keeper import Follower, Leader, LeaseKeeper, LeaseState, SteppedDown
+from thatdam_bus.membership import MembershipView
+from thatdam_bus.node.cluster_file import ClusterFile, write_cluster_file
+from thatdam_bus.node.cluster_view import cluster_view
+from thatdam_bus.node.core_services import CORE_SERVICES
+from thatdam_bus.node.fencing import EpochFence
+from thatdam_bus.node.heartbeat import HeartbeatSource
+from thatdam_bus.node.leadership import LeaderTracker
+from thatdam_bus.node.link import Link, cluster_available
+from thatdam_bus.node.roles import RoleFacts, compute_role, contests_lease
+from thatdam_bus.node.services import HandlerHost
+from thatdam_bus.publisher import Bus, Journal
+from thatdam_bus.security.verifier import IntentVerifier
+from thatdam_bus.service import Service
+
+log = logging.getLogger("thatdam_bus.node.session")
+
+
+class Session:
+    """One link's worth of node behaviour; ``run_until`` returns why it ended."""
+
+    def __init__(self, settings: Settings, node_id: str, link: Link, services: list[Service],
+                 heartbeats: HeartbeatSource, journal: Journal | None, verifier: IntentVerifier) -> None:
+        self.settings = settings
+        self.node_id = node_id
+        self.link = link
+        self.fence = EpochFence()
+        self.tracker = LeaderTracker(self.fence, on_change=self.write_cluster_file)
+        self.view = MembershipView()
+        self.heartbeats = heartbeats
+        self.bus = Bus(link.transport, cluster=settings.cluster, node_id=node_id,
+                       epoch=lambda: self.fence.newest, journal=journal)
+        self.host = HandlerHost(self.bus, [*CORE_SERVICES, *services], settings.max_message_bytes,
+                                states={"leadership": self.tracker, "membership": self.view}, verifier=verifier)
+        contest = link.lease is not None and contests_lease(settings.role)
+        self.keeper = LeaseKeeper(link.lease, self._on_lease_change) if contest and link.lease else None
+        self.role = self._computed_role()
+
+    def _computed_role(self) -> Role:
+        return compute_role(RoleFacts(
+            infrastructure=not self.link.solo,
+            holds_lease=self.keeper is not None and self.keeper.is_leader,
+            has_devices=bool(self.settings.sources),
+            pinned=self.settings.role,
+        ))
+
+    async def start(self) -> None:
+        await self.host.apply_role(self.role)
+        self.write_cluster_file()
+
+    async def run_until(self, stop: asyncio.Event) -> str:
+        """Run the session's duties until ``stop`` is set or the link should change; returns the reason."""
+        async with asyncio.TaskGroup() as group:
+            duties = [group.create_task(self._heartbeat_loop()), group.create_task(self._registry_loop())]
+            if self.keeper is not None:
+                duties.append(group.create_task(self.keeper.run()))
+            link_watch = group.create_task(self._watch_link())
+            stopped = group.create_task(stop.wait())
+            await asyncio.wait([link_watch, stopped], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*duties, link_watch, stopped]:
+                task.cancel()
+        return "stopped" if stop.is_set() else link_watch.result()
+
+    async def close(self) -> None:
+        await self.host.stop_all()
+
+    # -- lease and role --------------------------------------------------------------------------------
+
+    async def _on_lease_change(self, state: LeaseState) -> None:
+        if isinstance(state, Leader):
+            await self._became_leader(state.epoch)
+        elif isinstance(state, SteppedDown):
+            log.warning("stepped down at epoch %d: %s", state.epoch, state.reason)
+            await self._announce(LeaderResigned(node_id=self.node_id, epoch=state.epoch, reason=state.reason),
+                                 topics.LEADER_RESIGNED)
+        elif isinstance(state, Follower):
+            self.tracker.elected(state.holder, state.epoch)
+        await self._update_role()
+
+    async def _became_leader(self, epoch: int) -> None:
+        self.fence.observe(epoch)
+        predecessor = self.tracker.predecessor_lost(epoch)
+        if predecessor is not None and predecessor.node_id != self.node_id:
+            await self._announce(LeaderLost(node_id=predecessor.node_id, epoch=predecessor.epoch),
+                                 topics.LEADER_LOST)
+        self.tracker.elected(self.node_id, epoch)
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        await self._announce(LeaderElected(node_id=self.node_id, epoch=epoch, ttl_ms=ttl_ms), topics.LEADER_ELECTED)
+        log.info("elected leader at epoch %d", epoch)
+
+    async def _update_role(self) -> None:
+        role = self._computed_role()
+        if role is self.role:
+            return
+        previous, self.role = self.role, role
+        await self.host.apply_role(role)
+        await self._announce(NodeRoleChanged(node_id=self.node_id, role=role, previous_role=previous,
+                                             epoch=self.fence.newest), topics.node_membership(self.node_id, "role"))
+        self.write_cluster_file()
+        log.info("role %s -> %s (epoch %d)", previous, role, self.fence.newest)
+
+    async def _announce(self, payload: object, routing_key: str) -> None:
+        """Best-effort announcement: a broker hiccup must not stop the lease keeper that called us."""
+        try:
+            async with asyncio.timeout(self.settings.lease_ttl / 3):
+                await self.bus.publish(payload, routing_key)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.warning("could not announce %s: %r", routing_key, exc)
+
+    def write_cluster_file(self) -> None:
+        view: ClusterFile = cluster_view(self)
+        write_cluster_file(self.settings.state_dir, view)
+
+    # -- duties ----------------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Beat every interval. A failed beat is logged and skipped: heartbeats may be lost, the loop may not."""
+        key = topics.node_heartbeat(self.node_id)
+        interval = self.settings.heartbeat_interval
+        while True:
+            try:
+                await self.bus.publish(self.heartbeats.beat(self.role, self.fence.newest), key)
+            except Exception as exc:
+                log.warning("heartbeat not sent: %r", exc)
+            await asyncio.sleep(interval)
+
+    async def _registry_loop(self) -> None:
+        """As leader (or solo): report members that missed their heartbeats as ``node.<id>.lost``."""
+        members_before: set[str] = set()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval / 4)
+            if self.role is Role.SOLO or (self.keeper is not None and self.keeper.is_leader):
+                for member in self.view.lost():
+                    await self._report_lost(member.heartbeat.node_id, member.last_seen)
+            members = set(self.view.members())
+            if members != members_before:
+                members_before = members
+                self.write_cluster_file()
+
+    async def _report_lost(self, node_id: str, last_seen: float) -> None:
+        self.view.forget(node_id)
+        silent_s = time.monotonic() - last_seen
+        missed = int(silent_s / self.settings.heartbeat_interval)
+        log.warning("node %s lost: no heartbeat for %.1fs", node_id, silent_s)
+        await self._announce(NodeLost(node_id=node_id, last_seen=_wall_clock_of(last_seen), missed_heartbeats=missed),
+                             topics.node_membership(node_id, "lost"))
+
+    async def _watch_link(self) -> str:
+        """Solo: probe for the infrastructure. Cluster: fall back to solo when the broker stays unreachable."""
+        fallback_after = self.settings.lease_ttl
+        down_since: float | None = None
+        while True:
+            await asyncio.sleep(self.settings.probe_interval)
+            if self.link.solo:
+                if await cluster_available(self.settings):
+                    return "infrastructure appeared: joining the cluster"
+                continue
+            if getattr(self.link.transport, "connected", True):
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since > fallback_after:
+                return f"broker unreachable for {fallback_after:.1f}s: falling back to solo"
+
+    def __repr__(self) -> str:
+        mode = "solo" if self.link.solo else "cluster"
+        return f"<Session {mode} role={self.role} epoch={self.fence.newest} keeper={self.keeper!r}>"
+
+
+def _wall_clock_of(monotonic_instant: float) -> datetime:
+    """The wall-clock time of a monotonic instant (for event payloads, which carry RFC 3339 times)."""
+    return datetime.now(UTC) - timedelta(seconds=time.monotonic() - monotonic_instant)
