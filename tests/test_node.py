@@ -89,3 +89,17 @@ async def _next(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncom
         async for message in messages:
             return message
     raise AssertionError("no heartbeat within 15 s")
+
+
+def test_status_reports_the_solo_node(solo_node: NodeProcess) -> None:
+    result = subprocess.run(
+        [str(BIN / "thatdam"), "status", "--json"],
+        env=node_env(solo_node.state_dir), capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    node_id = (solo_node.state_dir / "node_id").read_text().strip()
+    assert document["leader"] == node_id
+    assert [m["node_id"] for m in document["members"]] == [node_id]
+    assert document["members"][0]["role"] == "solo"
+    assert document["members"][0]["last_heartbeat_s"] < 2.0

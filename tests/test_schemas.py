@@ -7,14 +7,12 @@ from pathlib import Path
 
 import jsonschema
 import orjson
-import pytest
 
 from tests.conftest import reference_schema
-
 from thatdam_bus import NodeHeartbeat, Role
 from thatdam_bus.envelope import encode
-from thatdam_bus.publisher import Bus
 from thatdam_bus.events.registry import CHANNELS
+from thatdam_bus.publisher import Bus
 from thatdam_bus.schema_export import ASYNCAPI_FILE, generate_asyncapi, generate_schemas
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"

@@ -57,7 +57,7 @@ SENTINEL = "sentinel"
 
 
 @pytest.fixture(scope="module")
-def rabbit_loop(request: pytest.FixtureRequest) -> Iterator[tuple[asyncio.AbstractEventLoop, aio_pika.abc.AbstractChannel]]:
+def rabbit_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, aio_pika.abc.AbstractChannel]]:
     """One loop and one channel for the whole property test (connecting per example would dominate)."""
     from tests.conftest import AMQP_URL, require_service
 

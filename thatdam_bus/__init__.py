@@ -5,7 +5,7 @@ The public API for handlers and scripts. Everything else is internal and may cha
 
 from thatdam_bus.client import Client, publish_intent
 from thatdam_bus.config import Settings, load_settings
-from thatdam_bus.context import HandlerContext
+from thatdam_bus.context import HandlerContext, TaskContext
 from thatdam_bus.envelope import Envelope, Payload
 from thatdam_bus.errors import (
     ConfigError,
@@ -39,6 +39,7 @@ from thatdam_bus.events import (
     NodeRoleChanged,
     Role,
 )
+from thatdam_bus.frames import Backoff, BlobStore, CaptureConfig, CaptureLoop, Sampling, SourceError, parse_source
 from thatdam_bus.membership import MembershipView
 from thatdam_bus.publisher import Bus
 from thatdam_bus.service import Service
@@ -46,8 +47,12 @@ from thatdam_bus.topics import Patterns
 from thatdam_bus.transports.base import QueueKind
 
 __all__ = [
+    "Backoff",
+    "BlobStore",
     "Bus",
+    "CaptureConfig",
     "CaptureFailed",
+    "CaptureLoop",
     "CaptureStartIntent",
     "CaptureStarted",
     "CaptureStopIntent",
@@ -79,11 +84,15 @@ __all__ = [
     "Reject",
     "Retry",
     "Role",
+    "Sampling",
     "Service",
     "Settings",
+    "SourceError",
+    "TaskContext",
     "ThatdamError",
     "TransportError",
     "TransportUnavailable",
     "load_settings",
+    "parse_source",
     "publish_intent",
 ]

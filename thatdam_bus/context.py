@@ -1,4 +1,4 @@
-"""What a handler may use besides its event: the bus to publish on, who it runs as, and how it was delivered."""
+"""What handlers and service tasks may use: the bus to publish on, who they run as, their service state."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from thatdam_bus.config import Settings
 from thatdam_bus.publisher import Bus
 
 
@@ -20,3 +21,14 @@ class HandlerContext:
     log: logging.Logger
     state: Any = None
     """The per-node state object of the handler's service (``Service(state=...)``), if it declared one."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a service's background task gets: the bus, who it runs as, its service state and the settings."""
+
+    bus: Bus
+    node_id: str
+    log: logging.Logger
+    state: Any
+    settings: Settings

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error
 from thatdam_bus.errors import ContractError, Reject, Retry
+from thatdam_bus.fencing import EpochFence
 from thatdam_bus.security.gate import IntentGate
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec
@@ -65,9 +66,11 @@ def make_callback(
     max_bytes: int,
     seen: SeenIds | None = None,
     verifier: IntentVerifier | None = None,
+    fence: EpochFence | None = None,
 ) -> DeliveryCallback:
     """The delivery callback a transport runs for ``spec``. ``verifier`` checks signed intents; without one
-    (or without a key) a handler of signed intents refuses them all."""
+    (or without a key) a handler of signed intents refuses them all; ``fence`` refuses intents stamped with
+    a leader epoch older than the newest this node has seen."""
     if seen is None and spec.queue.kind is QueueKind.DURABLE:
         seen = SeenIds()
     gate = IntentGate(verifier, scope=spec.qualified_name) if spec.payload.signed else None
@@ -78,7 +81,9 @@ def make_callback(
         except ContractError as exc:
             return _dead_letter(spec, delivery, str(exc))
         ctx = context_for(delivery)
-        if gate is not None and (rejection := gate.admit(event, delivery)) is not None:
+        if spec.per_node and getattr(event.data, "node_id", None) != ctx.node_id:
+            return ACK  # addressed to another node: its own queue has a copy; no result from us
+        if gate is not None and (rejection := gate.admit(event, delivery, fence)) is not None:
             await gate.refused(ctx, event, rejection)
             return _dead_letter(spec, delivery, str(rejection))
         if seen is not None and event.id in seen:

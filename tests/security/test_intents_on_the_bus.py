@@ -27,6 +27,7 @@ from thatdam_bus import (
     topics,
 )
 from thatdam_bus.envelope import decode_raw
+from thatdam_bus.fencing import EpochFence
 from thatdam_bus.node.services import HandlerHost
 from thatdam_bus.publisher import Bus
 from thatdam_bus.security import ClusterKey, IntentVerifier, Keyring, sign_envelope
@@ -72,12 +73,13 @@ class Rig:
         return self.results_for(intent_id)[0]
 
 
-async def start_rig(kit: TransportKit, verifier: IntentVerifier | None) -> tuple[Rig, HandlerHost]:
+async def start_rig(kit: TransportKit, verifier: IntentVerifier | None,
+                    fence: EpochFence | None = None) -> tuple[Rig, HandlerHost]:
     handled.clear()
     transport = await kit.new()
     kit.durable("sectest.start_capture", ROUTE)  # registers the queue for cleanup
     bus = Bus(transport, cluster="test", node_id="n1")
-    host = HandlerHost(bus, [service], max_bytes=65536, verifier=verifier)
+    host = HandlerHost(bus, [service], max_bytes=65536, verifier=verifier, fence=fence)
     rig = Rig(bus, Collector(), Collector())
     await transport.subscribe(QueueSpec(patterns=("#",), source=Source.DEAD_LETTERS), rig.dead)
     await transport.subscribe(QueueSpec(patterns=(topics.Patterns.INTENT_RESULTS,)), rig.results)
@@ -161,3 +163,23 @@ async def test_the_client_signs_and_waits_on_every_transport(kit: TransportKit, 
     assert (result.status, [e.id for e in handled]) == ("done", [result.intent_id])
     with pytest.raises(IntentRejected, match="device forbidden by policy"):
         await client.request(CaptureStartIntent(node_id="n1", device="forbidden"), timeout=10)
+
+
+async def test_an_intent_from_a_replaced_leader_is_refused(kit: TransportKit) -> None:
+    """Fencing: an intent stamped with an epoch older than the newest seen comes from a deposed leader."""
+    fence = EpochFence()
+    fence.observe(7)
+    rig, host = await start_rig(kit, IntentVerifier(Keyring(KEY)), fence)
+    try:
+        stale = sign_envelope(rig.envelope(signed=False).model_copy(update={"epoch": 6}), ROUTE, KEY)
+        current = sign_envelope(rig.envelope("current", signed=False).model_copy(update={"epoch": 7}), ROUTE, KEY)
+        unfenced = rig.envelope("script")  # epoch 0: a script makes no leadership claim
+        for envelope in (stale, current, unfenced):
+            await rig.send(envelope)
+        result = await rig.result_of(stale.id)
+        assert (result.status, result.reason) == ("rejected", "stale epoch")
+        assert (await rig.result_of(current.id)).status == "done"
+        assert (await rig.result_of(unfenced.id)).status == "done"
+        assert [e.data.device for e in handled] == ["current", "script"]
+    finally:
+        await host.stop_all()

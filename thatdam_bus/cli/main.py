@@ -38,8 +38,15 @@ def _publish(args: argparse.Namespace) -> int:
     return run_publish(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from thatdam_bus.cli.status import run_status
+
+    return run_status(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from thatdam_bus.cli.publish import add_publish_arguments
+    from thatdam_bus.cli.status import add_status_arguments
     from thatdam_bus.cli.tail import add_tail_arguments
 
     parser = argparse.ArgumentParser(prog="thatdam", description="thatdam-bus node and tools")
@@ -52,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish", help="publish events, signing intents (exit 0/1/2/3/4)")
     add_publish_arguments(publish)
     publish.set_defaults(func=_publish)
+    status = commands.add_parser("status", help="leader, epoch and members, read off the bus (exit 3: none)")
+    add_status_arguments(status)
+    status.set_defaults(func=_status)
     return parser
 
 

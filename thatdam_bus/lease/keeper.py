@@ -13,14 +13,17 @@ unless ``release_on_exit`` is false, so a standby takes over at once after a gra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from thatdam_bus.errors import ConfigError
-from thatdam_bus.lease.base import Lease, LeaseUnavailable
+from thatdam_bus.lease.base import Acquisition, Lease, LeaseUnavailable
 
 log = logging.getLogger("thatdam_bus.lease")
+RELEASE_POLL_S = 0.05
+"""How often a follower polls a lease whose holder announced its resignation: the release is imminent."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class LeaseKeeper:
         self._on_change = on_change or _ignore
         self.state: LeaseState = Unknown("not started")
         self._reported = False  # the first outcome is always reported, even "unknown"
+        self._resigned_epoch = 0
+        self._wake = asyncio.Event()
 
     @property
     def is_leader(self) -> bool:
@@ -95,6 +100,12 @@ class LeaseKeeper:
     def current_epoch(self) -> int:
         """The newest epoch seen (ours or another holder's): stamp it on events, drop anything older."""
         return self.lease.current_epoch
+
+    def holder_resigned(self, epoch: int) -> None:
+        """The holder at ``epoch`` announced its resignation (on the bus): contend now instead of at the next
+        retry, and poll quickly while the backend still shows that term (its release is on the way)."""
+        self._resigned_epoch = max(self._resigned_epoch, epoch)
+        self._wake.set()
 
     async def run(self) -> None:
         """Keep contending until cancelled; on the way out release a held lease (``release_on_exit``)."""
@@ -120,14 +131,23 @@ class LeaseKeeper:
             await self._report(Leader(got.epoch))
             return got.epoch
         await self._report(Follower(got.holder, got.epoch))
-        await asyncio.sleep(self._follower_wait(got.holder_ttl_s))
+        await self._pause(self._follower_wait(got))
         return None
 
-    def _follower_wait(self, holder_ttl_s: float | None) -> float:
-        """Retry at the usual period, or just after the holder's lease runs out if that comes sooner."""
-        if holder_ttl_s is None:
-            return self.retry_s
-        return min(self.retry_s, holder_ttl_s + 0.01)
+    def _follower_wait(self, got: Acquisition) -> float:
+        """Retry at the usual period, or just after the holder's lease runs out if that comes sooner, or soon
+        if the holder has resigned."""
+        wait = self.retry_s if got.holder_ttl_s is None else min(self.retry_s, got.holder_ttl_s + 0.01)
+        if got.epoch <= self._resigned_epoch:
+            wait = min(wait, RELEASE_POLL_S)
+        return wait
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if ``holder_resigned`` wakes us."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        self._wake.clear()
 
     async def _hold(self, epoch: int) -> None:
         """Renew on schedule while trusted; returns once the term has ended and been reported."""

@@ -58,6 +58,12 @@ def write_cluster_file(state_dir: Path, view: ClusterFile) -> Path:
     return target
 
 
+def remove_cluster_file(state_dir: Path) -> None:
+    """Forget the view an earlier process wrote: it describes a node that is no longer running (a role it no
+    longer has). The seeds' entrypoints wait for the file while it is missing."""
+    (state_dir / CLUSTER_FILE).unlink(missing_ok=True)
+
+
 def read_cluster_file(state_dir: Path) -> ClusterFile | None:
     try:
         return ClusterFile.model_validate_json((state_dir / CLUSTER_FILE).read_bytes())

@@ -11,18 +11,22 @@ if TYPE_CHECKING:
     from thatdam_bus.node.session import Session
 
 
-def cluster_view(session: Session) -> ClusterFile:
+def cluster_view(session: Session) -> ClusterFile | None:
     """What this node observes: its role, the leader it follows (``thatdam://<cluster>/<node_id>``), the
-    endpoints it uses (without credentials), the fence epoch, and the members it tracks (leader and solo)."""
+    endpoints it uses (without credentials), the fence epoch, and the members it tracks (leader and solo).
+
+    None until the session knows a leader: the seeds' schema requires ``leader{url, advertised_via, last_seen}``
+    and their entrypoints wait for a file that has one. Once known, the newest leader stays in the view even
+    after it resigned (``last_seen`` says how old the news is) until the next one is elected."""
     settings = session.settings
     known = session.tracker.leader
-    leader = None
-    if known is not None and not known.resigned:
-        leader = LeaderInfo(
-            url=f"thatdam://{settings.cluster}/{known.node_id}",
-            advertised_via="local" if session.link.solo else "redis-lease",
-            last_seen=known.seen_at,
-        )
+    if known is None:
+        return None
+    leader = LeaderInfo(
+        url=f"thatdam://{settings.cluster}/{known.node_id}",
+        advertised_via="local" if session.link.solo else "redis-lease",
+        last_seen=known.seen_at,
+    )
     services = {"bus": "embedded" if session.link.solo else redact(settings.amqp_url)}
     if not session.link.solo and settings.redis_url is not None:
         services["lease"] = redact(settings.redis_url)

@@ -2,10 +2,15 @@
 
 - ``leadership``: every node follows ``cluster.leader.*`` to keep its fence and its idea of the leader current.
 - ``membership``: the leader (and a solo node) folds heartbeats into the registry view; workers do not bind
-  heartbeats at all (architecture section 9: N nodes would cost the broker N^2 deliveries per second).
+  heartbeats at all (architecture section 9: N nodes would cost the broker N^2 deliveries per second). A
+  heartbeat stamped with an older epoch than the leader's comes from a node that missed the ``elected``
+  announcement (it started after it, or never contends for the lease); the leader tells it again.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope
@@ -43,19 +48,33 @@ async def leader_lost(event: Envelope[LeaderLost], ctx: HandlerContext) -> None:
     tracker.fence.observe(event.epoch)
 
 
+async def _nothing(_epoch: int) -> None:
+    return None
+
+
+@dataclass
+class Registry:
+    """The membership service's state: the view, and how to bring a node behind the current epoch up to date
+    (the session re-announces its term when it leads)."""
+
+    view: MembershipView
+    catch_up: Callable[[int], Awaitable[None]] = _nothing
+
+
 @membership.on(Patterns.HEARTBEATS)
 async def track_heartbeat(event: Envelope[NodeHeartbeat], ctx: HandlerContext) -> None:
-    """Record the sender as alive; log a node seen for the first time."""
-    view: MembershipView = ctx.state
-    if view.observe(event.data):
+    """Record the sender as alive; log a node seen for the first time; answer a lagging epoch."""
+    registry: Registry = ctx.state
+    if registry.view.observe(event.data):
         ctx.log.info("node %s (%s) is alive as %s", event.data.node_id, event.data.hostname, event.data.role)
+    await registry.catch_up(event.data.epoch)
 
 
 @membership.on(Patterns.NODES_LEFT)
 async def forget_leaver(event: Envelope[NodeLeft], ctx: HandlerContext) -> None:
     """A node that said goodbye is removed at once rather than timed out."""
-    view: MembershipView = ctx.state
-    view.forget(event.data.node_id)
+    registry: Registry = ctx.state
+    registry.view.forget(event.data.node_id)
     ctx.log.info("node %s left: %s", event.data.node_id, event.data.reason)
 
 

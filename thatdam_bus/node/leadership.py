@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from thatdam_bus.node.fencing import EpochFence
+from thatdam_bus.fencing import EpochFence
 
 log = logging.getLogger("thatdam_bus.node.leadership")
 

@@ -16,6 +16,7 @@ import signal
 from thatdam_bus import topics
 from thatdam_bus.config import Settings
 from thatdam_bus.events.node import NodeJoined, NodeLeft, Role
+from thatdam_bus.node.cluster_file import remove_cluster_file
 from thatdam_bus.node.heartbeat import HeartbeatSource
 from thatdam_bus.node.identity import load_or_create_node_id
 from thatdam_bus.node.journal import SoloJournal
@@ -57,6 +58,7 @@ class Node:
 
     async def run(self) -> None:
         """Run sessions until stopped: cluster when the infrastructure is reachable, else solo."""
+        remove_cluster_file(self.settings.state_dir)
         try:
             while not self._stop.is_set():
                 link = await self._open_link()

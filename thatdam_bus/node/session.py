@@ -17,12 +17,12 @@ from thatdam_bus import topics
 from thatdam_bus.config import Settings
 from thatdam_bus.events.cluster import LeaderElected, LeaderLost, LeaderResigned
 from thatdam_bus.events.node import NodeLost, NodeRoleChanged, Role
+from thatdam_bus.fencing import EpochFence
 from thatdam_bus.lease.keeper import Follower, Leader, LeaseKeeper, LeaseState, SteppedDown
 from thatdam_bus.membership import MembershipView
 from thatdam_bus.node.cluster_file import ClusterFile, write_cluster_file
 from thatdam_bus.node.cluster_view import cluster_view
-from thatdam_bus.node.core_services import CORE_SERVICES
-from thatdam_bus.node.fencing import EpochFence
+from thatdam_bus.node.core_services import CORE_SERVICES, Registry, membership
 from thatdam_bus.node.heartbeat import HeartbeatSource
 from thatdam_bus.node.leadership import LeaderTracker
 from thatdam_bus.node.link import Link, cluster_available
@@ -44,13 +44,17 @@ class Session:
         self.node_id = node_id
         self.link = link
         self.fence = EpochFence()
-        self.tracker = LeaderTracker(self.fence, on_change=self.write_cluster_file)
+        self.tracker = LeaderTracker(self.fence, on_change=self._leader_changed)
+        self._hold_writes = False
+        self._reannounced_at = 0.0
         self.view = MembershipView()
         self.heartbeats = heartbeats
         self.bus = Bus(link.transport, cluster=settings.cluster, node_id=node_id,
                        epoch=lambda: self.fence.newest, journal=journal)
         self.host = HandlerHost(self.bus, [*CORE_SERVICES, *services], settings.max_message_bytes,
-                                states={"leadership": self.tracker, "membership": self.view}, verifier=verifier)
+                                states={"leadership": self.tracker, "membership": Registry(self.view, self._catch_up)},
+                                verifier=verifier,
+                                settings=settings, fence=self.fence)
         contest = link.lease is not None and contests_lease(settings.role)
         self.keeper = LeaseKeeper(link.lease, self._on_lease_change) if contest and link.lease else None
         self.role = self._computed_role()
@@ -62,6 +66,14 @@ class Session:
             has_devices=bool(self.settings.sources),
             pinned=self.settings.role,
         ))
+
+    @property
+    def acting_role(self) -> Role:
+        """The role this node may claim right now. ``role`` says ``leader`` until the keeper has processed the
+        end of the term; a process waking from a pause longer than the ttl must not claim it meanwhile."""
+        if self.role is Role.LEADER and self.keeper is not None and not self.keeper.is_leader:
+            return self._computed_role()
+        return self.role
 
     async def start(self) -> None:
         await self.host.apply_role(self.role)
@@ -86,6 +98,16 @@ class Session:
     # -- lease and role --------------------------------------------------------------------------------
 
     async def _on_lease_change(self, state: LeaseState) -> None:
+        """Announce, then change role; cluster.json is written once at the end, so no reader ever sees a
+        half-applied change (e.g. itself as leader while its role still says worker)."""
+        self._hold_writes = True
+        try:
+            await self._apply_lease_change(state)
+        finally:
+            self._hold_writes = False
+            self.write_cluster_file()
+
+    async def _apply_lease_change(self, state: LeaseState) -> None:
         if isinstance(state, Leader):
             await self._became_leader(state.epoch)
         elif isinstance(state, SteppedDown):
@@ -103,9 +125,23 @@ class Session:
             await self._announce(LeaderLost(node_id=predecessor.node_id, epoch=predecessor.epoch),
                                  topics.LEADER_LOST)
         self.tracker.elected(self.node_id, epoch)
+        await self._announce_term(epoch)
+        log.info("elected leader at epoch %d", epoch)
+
+    async def _announce_term(self, epoch: int) -> None:
         ttl_ms = int(self.settings.lease_ttl * 1000)
         await self._announce(LeaderElected(node_id=self.node_id, epoch=epoch, ttl_ms=ttl_ms), topics.LEADER_ELECTED)
-        log.info("elected leader at epoch %d", epoch)
+
+    async def _catch_up(self, epoch: int) -> None:
+        """A heartbeat stamped ``epoch`` arrived: if its sender is behind our term (it missed ``elected``),
+        announce the term again, at most once per heartbeat interval and only while the lease is trusted."""
+        state = self.keeper.state if self.keeper is not None else None
+        if not isinstance(state, Leader) or not self.keeper or not self.keeper.is_leader or epoch >= state.epoch:
+            return
+        if time.monotonic() - self._reannounced_at < self.settings.heartbeat_interval:
+            return
+        self._reannounced_at = time.monotonic()
+        await self._announce_term(state.epoch)
 
     async def _update_role(self) -> None:
         role = self._computed_role()
@@ -113,6 +149,9 @@ class Session:
             return
         previous, self.role = self.role, role
         await self.host.apply_role(role)
+        if not membership.handlers_for(role):  # no longer fed heartbeats: what it knew goes stale
+            for node_id in self.view.members():
+                self.view.forget(node_id)
         await self._announce(NodeRoleChanged(node_id=self.node_id, role=role, previous_role=previous,
                                              epoch=self.fence.newest), topics.node_membership(self.node_id, "role"))
         self.write_cluster_file()
@@ -126,9 +165,20 @@ class Session:
         except Exception as exc:
             log.warning("could not announce %s: %r", routing_key, exc)
 
+    def _leader_changed(self) -> None:
+        """The tracker learned something: when the leader announced its resignation, contend at once (a
+        standby takes over a released lease without waiting for its retry period)."""
+        known = self.tracker.leader
+        if known is not None and known.resigned and self.keeper is not None:
+            self.keeper.holder_resigned(known.epoch)
+        self.write_cluster_file()
+
     def write_cluster_file(self) -> None:
-        view: ClusterFile = cluster_view(self)
-        write_cluster_file(self.settings.state_dir, view)
+        """Rewrite cluster.json (atomically); not while a lease change is half applied, nor before the session
+        knows a leader (``cluster_view``)."""
+        view: ClusterFile | None = cluster_view(self)
+        if view is not None and not self._hold_writes:
+            write_cluster_file(self.settings.state_dir, view)
 
     # -- duties ----------------------------------------------------------------------------------------
 
@@ -138,7 +188,7 @@ class Session:
         interval = self.settings.heartbeat_interval
         while True:
             try:
-                await self.bus.publish(self.heartbeats.beat(self.role, self.fence.newest), key)
+                await self.bus.publish(self.heartbeats.beat(self.acting_role, self.fence.newest), key)
             except Exception as exc:
                 log.warning("heartbeat not sent: %r", exc)
             await asyncio.sleep(interval)

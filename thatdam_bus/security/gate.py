@@ -18,12 +18,14 @@ from thatdam_bus import topics
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope
 from thatdam_bus.events.intent import IntentResult, IntentStatus
+from thatdam_bus.fencing import EpochFence
 from thatdam_bus.security.verifier import NO_KEY, IntentVerifier, Rejection
 from thatdam_bus.transports.base import Delivery, Fate, Outcome
 
 log = logging.getLogger("thatdam_bus.security")
 
 RESULT_TIMEOUT_S = 2.0
+STALE_EPOCH = "stale epoch"
 
 
 class IntentGate:
@@ -36,10 +38,12 @@ class IntentGate:
         self.scope = scope
         self.result_timeout_s = result_timeout_s
 
-    def admit(self, event: Envelope[Any], delivery: Delivery) -> Rejection | None:
-        """Verify against the body as received (see ``signing``); None lets the handler run."""
+    def admit(self, event: Envelope[Any], delivery: Delivery, fence: EpochFence | None = None) -> Rejection | None:
+        """Verify against the body as received (see ``signing``), then the epoch; None lets the handler run."""
         if self.verifier is None:
             return Rejection(NO_KEY, "no verifier configured")
+        if fence is not None and fence.is_stale(event.epoch):
+            return Rejection(STALE_EPOCH, f"epoch {event.epoch} < {fence.newest}")
         document = orjson.loads(delivery.body)  # decoded once already: a JSON object
         return self.verifier.verify(event, delivery.routing_key, document, scope=self.scope)
 
