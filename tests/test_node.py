@@ -12,6 +12,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from tests.conftest import delete_amqp_prefix
 from tests.nodes import BIN, NodeProcess, node_env
 
 
@@ -103,3 +104,21 @@ def test_status_reports_the_solo_node(solo_node: NodeProcess) -> None:
     assert [m["node_id"] for m in document["members"]] == [node_id]
     assert document["members"][0]["role"] == "solo"
     assert document["members"][0]["last_heartbeat_s"] < 2.0
+
+
+def test_bus_tail_on_rabbitmq_sees_a_cluster_node(rabbitmq: str, prefix: str, state_dir: Path) -> None:
+    node = NodeProcess(state_dir, THATDAM_AMQP_URL=rabbitmq, THATDAM_PREFIX=prefix)
+    try:
+        node.wait_for_log("msg=\"node ")
+        result = subprocess.run(
+            [str(BIN / "bus-tail"), "node.*.heartbeat", "--json", "--count", "2", "--timeout", "15"],
+            env=node_env(state_dir.parent / "tool", THATDAM_AMQP_URL=rabbitmq, THATDAM_PREFIX=prefix),
+            capture_output=True, text=True, timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [r["event"]["type"] for r in records] == ["thatdam.node.heartbeat.v1"] * 2
+        assert node.stop() == 0
+    finally:
+        node.kill()
+        asyncio.run(delete_amqp_prefix(rabbitmq, prefix, []))
