@@ -85,9 +85,19 @@ async def kit(request: pytest.FixtureRequest, prefix: str, state_dir: Path) -> A
     await kit.aclose()
 
 
+MULTI_HOLDER_KINDS = ["redis"]  # local:// has a single holder by design (capabilities.multi_holder is False)
+
+
+@pytest.fixture(params=MULTI_HOLDER_KINDS)
+async def multi_kit(request: pytest.FixtureRequest, prefix: str, state_dir: Path) -> AsyncIterator[LeaseKit]:
+    """Drivers where several holders contend; checked against the capability below."""
+    kit = LeaseKit(request.param, prefix, state_dir, request.getfixturevalue("redis_url"))
+    yield kit
+    await kit.aclose()
+
+
 def needs_multi_holder(lease: Lease) -> None:
-    if not lease.capabilities.multi_holder:
-        pytest.skip(f"{lease.capabilities.scheme}:// has a single holder by design")
+    assert lease.capabilities.multi_holder, f"{lease.capabilities.scheme}:// does not declare multi_holder"
 
 
 async def test_acquire_grants_increasing_epochs(kit: LeaseKit) -> None:
@@ -102,11 +112,11 @@ async def test_acquire_grants_increasing_epochs(kit: LeaseKit) -> None:
     assert lease.current_epoch == second.epoch
 
 
-async def test_a_second_holder_is_refused_and_learns_the_epoch(kit: LeaseKit) -> None:
-    a = kit.open("a")
+async def test_a_second_holder_is_refused_and_learns_the_epoch(multi_kit: LeaseKit) -> None:
+    a = multi_kit.open("a")
     needs_multi_holder(a)
     first = await a.acquire()
-    b = kit.open("b")
+    b = multi_kit.open("b")
     got = await b.acquire()
     assert not got.granted and (got.holder, got.epoch) == ("a", first.epoch)
     assert got.holder_ttl_s is not None and 0 < got.holder_ttl_s <= a.ttl_s
@@ -136,12 +146,12 @@ async def test_release_hands_over_at_once_with_a_higher_epoch(kit: LeaseKit) -> 
     assert not await a.renew() and not await a.release()
 
 
-async def test_an_expired_lease_goes_to_another_with_a_higher_epoch(kit: LeaseKit) -> None:
+async def test_an_expired_lease_goes_to_another_with_a_higher_epoch(multi_kit: LeaseKit) -> None:
     frozen = FakeClock()  # "a" is paused: it still trusts its lease, so only the backend can refuse it
-    a = kit.open("a", ttl_s=0.3, clock=frozen, margin_s=0.0)
+    a = multi_kit.open("a", ttl_s=0.3, clock=frozen, margin_s=0.0)
     needs_multi_holder(a)
     first = await a.acquire()
-    b = kit.open("b", ttl_s=0.3)
+    b = multi_kit.open("b", ttl_s=0.3)
     started = time.monotonic()
     async with asyncio.timeout(3):
         while not (got := await b.acquire()).granted:
