@@ -1,8 +1,10 @@
 """thatdam-bus: event-bus choreography for small camera/media clusters.
 
-The public API for handlers and scripts. Everything else is internal and may change.
+The public API for handlers and scripts. Everything else is internal and may change. Besides the names in
+``__all__``, the ``topics`` module is public: its builders are the only way to spell a routing key.
 """
 
+from thatdam_bus import topics as topics
 from thatdam_bus.client import Client, publish_intent
 from thatdam_bus.config import Settings, load_settings
 from thatdam_bus.context import HandlerContext, TaskContext
@@ -13,6 +15,7 @@ from thatdam_bus.errors import (
     IntentError,
     IntentRejected,
     IntentTimeout,
+    OutboxFull,
     PublishRefused,
     Reject,
     Retry,
@@ -26,6 +29,7 @@ from thatdam_bus.events import (
     CaptureStartIntent,
     CaptureStopIntent,
     CaptureStopped,
+    FrameLatest,
     FrameReady,
     IntentResult,
     IntentStatus,
@@ -61,6 +65,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "Envelope",
+    "FrameLatest",
     "FrameReady",
     "HandlerContext",
     "IntentError",
@@ -77,6 +82,7 @@ __all__ = [
     "NodeLeft",
     "NodeLost",
     "NodeRoleChanged",
+    "OutboxFull",
     "Patterns",
     "Payload",
     "PublishRefused",

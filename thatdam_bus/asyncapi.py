@@ -3,12 +3,19 @@
 Handlers (``Service.on``) become subscribers and every event channel becomes a publisher, each with the typed
 envelope as its payload, so the document cannot drift from the code. This builds a RabbitBroker only for its
 specification; it never connects.
+
+Two servers carry the same channels: RabbitMQ (a cluster) and a solo node's embedded broker, which local tools
+reach on ``<state_dir>/bus.sock``. FastStream only knows the first, so the servers are written here; the
+committed document uses neutral defaults (``localhost``, ``/var/lib/thatdam``) and ``thatdam docs`` fills in
+the machine's own (without credentials: the document is meant to be read and shared).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.specification import AsyncAPI
@@ -17,6 +24,11 @@ from thatdam_bus.envelope import Envelope
 from thatdam_bus.events.registry import CHANNELS
 from thatdam_bus.service import HandlerSpec, Service
 from thatdam_bus.transports.base import QueueKind
+from thatdam_bus.transports.socket_protocol import VERSION as SOCKET_PROTOCOL_VERSION
+
+DEFAULT_AMQP_URL = "amqp://localhost:5672/"
+DEFAULT_STATE_DIR = "/var/lib/thatdam"
+EMBEDDED_PROTOCOL = "thatdam-embedded"
 
 
 def _documented(spec: HandlerSpec) -> Callable[..., Coroutine[Any, Any, None]]:
@@ -54,8 +66,11 @@ def build_spec_broker(services: list[Service], *, prefix: str = "thatdam",
     return broker
 
 
-def asyncapi_document(services: list[Service], *, prefix: str = "thatdam", version: str = "0.1.0") -> dict[str, Any]:
-    """The AsyncAPI 3.0.0 document as a JSON-ready mapping."""
+def asyncapi_document(
+    services: list[Service], *, prefix: str = "thatdam", version: str = "0.1.0",
+    amqp_url: str = DEFAULT_AMQP_URL, state_dir: str | Path = DEFAULT_STATE_DIR,
+) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document as a JSON-ready mapping, with both servers on every channel."""
     spec = AsyncAPI(
         build_spec_broker(services, prefix=prefix),
         title="thatdam-bus",
@@ -64,4 +79,38 @@ def asyncapi_document(services: list[Service], *, prefix: str = "thatdam", versi
         schema_version="3.0.0",
     )
     document: dict[str, Any] = spec.to_specification().to_jsonable()
+    document["servers"] = {"rabbitmq": amqp_server(amqp_url), "embedded": embedded_server(state_dir)}
+    for channel in document.get("channels", {}).values():
+        channel["servers"] = [{"$ref": f"#/servers/{name}"} for name in document["servers"]]
     return document
+
+
+def amqp_server(url: str) -> dict[str, Any]:
+    """The RabbitMQ server object from a ``THATDAM_AMQP_URL``: host, port and vhost, never the credentials."""
+    parts = urlsplit(url)
+    scheme = parts.scheme if parts.scheme in {"amqp", "amqps"} else "amqp"
+    port = parts.port or (5671 if scheme == "amqps" else 5672)
+    return {
+        "host": f"{parts.hostname or 'localhost'}:{port}",
+        "pathname": parts.path or "/",
+        "protocol": scheme,
+        "protocolVersion": "0.9.1",
+        "title": "RabbitMQ",
+        "description": "The cluster's broker (`THATDAM_AMQP_URL`): topic exchange `<prefix>`, dead letters on "
+                       "`<prefix>.dlx`. Every node and tool of the cluster connects here.",
+    }
+
+
+def embedded_server(state_dir: str | Path) -> dict[str, Any]:
+    """A solo node's embedded broker: same exchange semantics, reached only through its local Unix socket."""
+    return {
+        "host": "localhost",
+        "pathname": "{stateDir}/bus.sock",
+        "protocol": EMBEDDED_PROTOCOL,
+        "protocolVersion": str(SOCKET_PROTOCOL_VERSION),
+        "title": "Embedded broker (solo node)",
+        "description": "A node alone (no RabbitMQ) runs the broker in process and serves it to tools on the "
+                       "same machine at `unix://{stateDir}/bus.sock` (mode 0600): length-prefixed frames, the "
+                       "same routing keys, envelopes and message fates as RabbitMQ.",
+        "variables": {"stateDir": {"default": str(state_dir), "description": "the node's `THATDAM_STATE_DIR`"}},
+    }

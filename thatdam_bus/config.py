@@ -49,9 +49,23 @@ class Settings(BaseSettings):
     sources: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="capture sources, comma-separated device=source (e.g. cam0=test://bars)"
     )
+    blob_dir: Path | None = Field(default=None, description="JPEG blob store; default <state_dir>/blobs")
+    blob_max_count: int | None = Field(default=10_000, ge=1, description="retention: at most this many blobs")
+    blob_max_bytes: int | None = Field(default=1 << 30, ge=1, description="retention: at most this many bytes")
+    blob_grace_s: float = Field(default=3600.0, ge=0, description="retention never evicts younger blobs")
+    capture_fps: float | None = Field(default=None, gt=0, le=120, description="sampled per second; unset: keyframes")
+    thumbnail_width: int = Field(default=320, ge=16, le=4096, description="JPEG width in pixels")
+    capture_retry_s: float = Field(default=0.5, gt=0, le=60, description="first capture retry delay, seconds")
+    capture_retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="capture retry delay cap, seconds")
+    proxy_interval: float = Field(default=1.0, gt=0, le=3600, description="proxy: seconds between relays")
     max_attempts: int = Field(default=3, ge=1, le=100, description="deliveries before a message is dead-lettered")
     max_message_bytes: int = Field(default=1_048_576, ge=1024, description="larger bodies are dead-lettered")
     connect_timeout: float = Field(default=3.0, gt=0, le=120, description="first-connect deadline, seconds")
+    queue_type: Literal["classic", "quorum"] = Field(
+        default="classic", description="RabbitMQ type of the durable work queues (quorum: replicated)"
+    )
+    outbox_max_events: int = Field(default=100_000, ge=1, description="durable events held while the broker is away")
+    outbox_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, description="bytes the outbox may hold")
     services: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="handler modules (under handlers/) this node runs, comma-separated"
     )
@@ -65,6 +79,8 @@ class Settings(BaseSettings):
     intent_max_skew_s: float = Field(default=30.0, ge=0, le=3600, description="allowed clock skew")
     intent_ttl_s: float = Field(default=60.0, gt=0, le=86_400, description="intent lifetime, seconds")
     nonce_cache_size: int = Field(default=100_000, ge=1, description="nonces kept (replay guard)")
+    intent_rate: float = Field(default=20.0, gt=0, le=1_000_000, description="intents per second from one source")
+    intent_burst: int = Field(default=100, ge=1, le=1_000_000, description="intents one source may send at once")
 
     @field_validator("services", "sources", mode="before")
     @classmethod

@@ -45,7 +45,7 @@ class Envelope(BaseModel, Generic[DataT]):
     source: str = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
     time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     subject: str | None = Field(default=None, max_length=256)
-    datacontenttype: str = CONTENT_TYPE
+    datacontenttype: str = Field(default=CONTENT_TYPE, max_length=128)
     data: DataT
     epoch: int = Field(default=0, ge=0)
     seq: int = Field(default=0, ge=0)

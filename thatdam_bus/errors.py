@@ -11,6 +11,7 @@ at the transport boundary with ``raise ... from`` so the cause survives::
     ├── TransportError (also ConnectionError) the broker could not be reached or refused an operation
     │   ├── TransportUnavailable              no connection (first connect failed, or lost and not yet back)
     │   ├── PublishRefused                    broker nacked or returned (unroutable) a confirmed publish
+    │   │   └── OutboxFull                    broker unreachable and the on-disk outbox is full
     │   └── TransportClosed                   the transport was used after aclose()
     ├── IntentError                           a published intent did not end in ``done``
     │   ├── IntentRejected                    a node refused it (``reason``: bad signature, policy, ...)
@@ -53,6 +54,11 @@ class TransportUnavailable(TransportError):
 
 class PublishRefused(TransportError):
     """The broker refused a confirmed publish (nack, or returned as unroutable)."""
+
+
+class OutboxFull(PublishRefused):
+    """A durable event could not be sent nor kept: the broker is unreachable and the outbox is at its bound.
+    Raised to the producer (never a silent drop); it may retry later or shed its own load."""
 
 
 class TransportClosed(TransportError):

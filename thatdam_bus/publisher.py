@@ -1,19 +1,26 @@
-"""``Bus``: publish typed payloads as envelopes. The one place that stamps source, seq and epoch."""
+"""``Bus``: publish typed payloads as envelopes. The one place that stamps source, seq and epoch, and the one place
+that decides where a durable event goes when the broker is away (the outbox, see ``thatdam_bus.outbox``)."""
 
 from __future__ import annotations
 
 import itertools
+import logging
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from thatdam_bus.envelope import Envelope, Payload, encode, source_uri
+from thatdam_bus.errors import PublishRefused, TransportError
+from thatdam_bus.outbox import Outbox, is_connected
 from thatdam_bus.transports.base import Transport
 from thatdam_bus.types import EpochSource
+
+log = logging.getLogger("thatdam_bus.publisher")
 
 
 class Journal(Protocol):
     """Somewhere durable events are also kept (the solo journal); ``append`` may refuse when full."""
 
-    def append(self, routing_key: str, body: bytes) -> None: ...
+    async def append(self, routing_key: str, body: bytes, headers: Mapping[str, Any] | None = None) -> None: ...
 
 
 class Bus:
@@ -28,10 +35,13 @@ class Bus:
         service: str = "node",
         epoch: EpochSource = lambda: 0,
         journal: Journal | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        """``journal``: where a solo node also keeps its durable events until it joins a cluster."""
+        """``journal``: where a solo node also keeps its durable events until it joins a cluster.
+        ``outbox``: where durable events wait while the broker is unreachable (``drain`` forwards them)."""
         self.transport = transport
         self.journal = journal
+        self.outbox = outbox
         self.node_id = node_id
         self.source = source_uri(cluster, node_id, service)
         self._epoch = epoch
@@ -39,7 +49,7 @@ class Bus:
 
     def envelope(self, payload: Payload, *, subject: str | None = None, **extensions: Any) -> Envelope[Any]:
         """Wrap ``payload`` in a fresh envelope (new id, time, next seq, current epoch)."""
-        return Envelope[type(payload)](  # type: ignore[misc]
+        return Envelope[type(payload)](  # type: ignore[misc,operator,no-any-return]
             type=payload.event_type,
             source=self.source,
             subject=subject,
@@ -60,17 +70,45 @@ class Bus:
     async def send(
         self, envelope: Envelope[Any], routing_key: str, *, durable: bool, mandatory: bool = False
     ) -> None:
-        """Publish an already-built envelope (signed intents are built, signed, then sent)."""
+        """Publish an already-built envelope (signed intents are built, signed, then sent).
+
+        A durable publish returns once the broker confirmed it or, with an outbox, once it is held on disk
+        (``OutboxFull`` when it is neither). A mandatory one bypasses the outbox: its caller wants the broker's
+        answer (unroutable?) now, which a held event cannot give."""
         body = encode(envelope)
+        headers = {"ce-type": envelope.type, "ce-id": envelope.id}
         if durable and self.journal is not None:
-            self.journal.append(routing_key, body)
-        await self.transport.publish(
-            routing_key,
-            body,
-            headers={"ce-type": envelope.type, "ce-id": envelope.id},
-            durable=durable,
-            mandatory=mandatory,
-        )
+            await self.journal.append(routing_key, body, headers)
+        if durable and self.outbox is not None and not mandatory:
+            await self._send_or_hold(self.outbox, routing_key, body, headers)
+            return
+        await self.transport.publish(routing_key, body, headers=headers, durable=durable, mandatory=mandatory)
+
+    async def _send_or_hold(self, outbox: Outbox, routing_key: str, body: bytes, headers: dict[str, Any]) -> None:
+        """Behind held events, or while the broker is away, hold; else publish, and hold if that fails for want
+        of a broker (a refusal by the broker is the producer's to handle, not an outage)."""
+        if outbox.pending or not is_connected(self.transport):
+            await self._hold(outbox, routing_key, body, headers, "broker unreachable")
+            return
+        try:
+            await self.transport.publish(routing_key, body, headers=headers, durable=True)
+        except PublishRefused:
+            raise
+        except TransportError as exc:
+            await self._hold(outbox, routing_key, body, headers, str(exc))
+
+    async def _hold(self, outbox: Outbox, routing_key: str, body: bytes, headers: dict[str, Any],
+                    why: str) -> None:
+        if not outbox.pending:
+            log.warning("holding durable events in the outbox %s until the broker is back: %s", outbox.path, why)
+        await outbox.append(routing_key, body, headers)
+
+    async def drain(self) -> None:
+        """Forward held events whenever the broker is back, until cancelled: the session runs this in its task
+        group. Without an outbox there is nothing to forward and it returns at once."""
+        if self.outbox is not None:
+            await self.outbox.run_drain(self.transport)
 
     def __repr__(self) -> str:
-        return f"<Bus source={self.source} transport={self.transport!r}>"
+        held = f" outbox={len(self.outbox)}" if self.outbox is not None else ""
+        return f"<Bus source={self.source} transport={self.transport!r}{held}>"

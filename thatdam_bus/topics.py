@@ -74,6 +74,11 @@ def frame_ready(node_id: str, device: str) -> str:
     return f"frame.{_word(node_id, 'node id')}.{_word(device, 'device')}.ready"
 
 
+def frame_latest(node_id: str, device: str) -> str:
+    """``frame.<node>.<device>.latest``: the proxy's coalesced relay of the newest frame of a camera."""
+    return f"frame.{_word(node_id, 'node id')}.{_word(device, 'device')}.latest"
+
+
 def capture_state(node_id: str, device: str, state: str) -> str:
     """``capture.<node>.<device>.started|stopped|failed``."""
     if state not in {"started", "stopped", "failed"}:
@@ -105,6 +110,7 @@ class Patterns:
     NODES_LEFT = "node.*.left"
     LEADER = "cluster.leader.*"
     FRAMES = "frame.*.*.ready"
+    FRAMES_LATEST = "frame.*.*.latest"
     CAPTURE_STATE = "capture.*.*.*"
     CAPTURE_INTENTS = "intent.capture.*"
     INTENT_RESULTS = "intent.result.*"

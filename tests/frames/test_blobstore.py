@@ -124,3 +124,35 @@ def test_invalid_caps_and_digests_are_refused(tmp_path: Path) -> None:
         BlobStore(tmp_path, max_count=0)
     with pytest.raises(ValueError):
         BlobStore(tmp_path).path_for("../../etc/passwd")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_blobs_in_their_grace_period_are_never_evicted(tmp_path: Path) -> None:
+    """The cross-process claim check: an event processed within the grace period finds its blob, caps or not."""
+    clock = Clock()
+    store = BlobStore(tmp_path, max_count=2, grace_s=60, clock=clock)
+    stored = [store.put(blob(n)) for n in range(4)]
+    assert all(s.sha256 in store and s.path.exists() for s in stored), "all young: over the cap, none evicted"
+    clock.now += 30
+    late = store.put(blob(4))
+    assert len(store) == 5
+    clock.now += 31  # the first four are now past their grace period, the fifth is not
+    newest = store.put(blob(5))
+    assert [s.sha256 in store for s in [*stored, late, newest]] == [False, False, False, False, True, True]
+
+
+def test_the_grace_period_survives_a_restart(tmp_path: Path) -> None:
+    """Write times come from mtimes at start-up, so a restart does not expose young blobs to retention."""
+    old, young = BlobStore(tmp_path).put(blob(0)), BlobStore(tmp_path).put(blob(1))
+    os.utime(old.path, (time.time() - 600,) * 2)
+    store = BlobStore(tmp_path, max_count=1, grace_s=300)
+    assert old.sha256 not in store and young.sha256 in store and young.path.exists()
+    store.put(blob(2))
+    assert young.sha256 in store and len(store) == 2

@@ -1,4 +1,7 @@
-"""``thatdam``: the node and its tools. Each command calls ``asyncio.run`` once; errors are one line, exit 2."""
+"""``thatdam``: the node and its tools (up, tail, publish, status, docs).
+
+Each command calls ``asyncio.run`` once; errors are one line, exit 2.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +47,14 @@ def _status(args: argparse.Namespace) -> int:
     return run_status(args)
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from thatdam_bus.cli.docs import run_docs
+
+    return run_docs(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from thatdam_bus.cli.docs import add_docs_arguments
     from thatdam_bus.cli.publish import add_publish_arguments
     from thatdam_bus.cli.status import add_status_arguments
     from thatdam_bus.cli.tail import add_tail_arguments
@@ -62,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="leader, epoch and members, read off the bus (exit 3: none)")
     add_status_arguments(status)
     status.set_defaults(func=_status)
+    docs = commands.add_parser("docs", help="write the AsyncAPI document (JSON, YAML) and an offline HTML page")
+    add_docs_arguments(docs)
+    docs.set_defaults(func=_docs)
     return parser
 
 

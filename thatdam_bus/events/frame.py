@@ -26,3 +26,26 @@ class FrameReady(Payload):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     keyframe: bool
+
+
+class FrameLatest(Payload):
+    """The newest frame of one camera, relayed by a proxy node at a bounded rate (``frame.<node>.<device>.latest``).
+
+    Lightweight and lossy (fan-out, not durable): a viewer follows ``frame.*.*.latest`` and gets at most one
+    event per camera per ``THATDAM_PROXY_INTERVAL``, never a backlog. ``skipped`` counts the frames coalesced
+    into this one since the previous relay.
+    """
+
+    event_type = "thatdam.frame.latest.v1"
+    node_id: NodeId
+    device: DeviceName
+    seq: int = Field(ge=0)
+    captured_at: datetime
+    width: int = Field(gt=0, le=16384)
+    height: int = Field(gt=0, le=16384)
+    uri: str = Field(max_length=1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    frame_event_id: str = Field(max_length=64, description="id of the frame-ready event relayed")
+    relayed_by: NodeId
+    skipped: int = Field(default=0, ge=0, description="frames of this camera coalesced since the last relay")

@@ -19,8 +19,11 @@ class CaptureStartIntent(Payload):
     node_id: NodeId
     device: DeviceName
     source: ShortText | None = Field(default=None, description="PyAV source; default: the device's configured one")
-    fps: float | None = Field(default=None, gt=0, le=120, description="frames sampled per second; None = keyframes")
-    width: int | None = Field(default=None, gt=0, le=4096, description="thumbnail width in pixels")
+    fps: float | None = Field(default=None, gt=0, le=120,
+                              description="frames sampled per second; None = the node's THATDAM_CAPTURE_FPS "
+                                          "(itself unset: keyframes only)")
+    width: int | None = Field(default=None, gt=0, le=4096,
+                              description="thumbnail width in pixels; None = the node's THATDAM_THUMBNAIL_WIDTH")
 
 
 class CaptureStopIntent(Payload):

@@ -7,7 +7,7 @@ capture handler publishes them. Frames never travel in messages; the blob store 
     reader    the decode thread of one source and its bounded hand-off to the event loop
     sampler   keyframes only, or N per second of presentation time (pure)
     jpeg      scale and encode one frame with PyAV's mjpeg encoder
-    blobstore content-addressed directory, atomic writes, oldest-first retention that skips pinned blobs
+    blobstore content-addressed directory, atomic writes, oldest-first retention that skips pinned and young blobs
     capture   the loop tying them together, with capped exponential backoff
 """
 

@@ -6,9 +6,12 @@ conflict. Writes are atomic (a private temp file in the shard directory, then ``
 never sees a half-written JPEG, even on a volume shared between nodes.
 
 Retention keeps at most ``max_count`` blobs and/or ``max_bytes``, evicting the oldest first, but never a
-*pinned* blob: one an event still references and nobody has processed yet. Pins are counted (two events may
-reference the same bytes) and live in this process; retention only counts blobs this instance has seen (its
-start-up scan plus its own writes).
+*pinned* blob (one an in-process consumer still needs; pins are counted and live in this process) and never a
+blob younger than ``grace_s`` (by its write time, i.e. its mtime, so the rule survives a restart and holds for
+consumers in other processes, which cannot pin here). The grace period is the claim-check guarantee across
+nodes: a frame-ready event processed within ``grace_s`` of its capture finds its blob. When the caps are too
+small for the grace period, the store overflows them by at most what was written within ``grace_s``.
+Retention only counts blobs this instance has seen (its start-up scan plus its own writes).
 
 Blocking: every method does file I/O; call ``put`` through ``asyncio.to_thread``. The store is thread-safe.
 """
@@ -23,6 +26,7 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,17 +64,26 @@ class BlobStore:
         max_bytes: int | None = None,
         suffix: str = ".jpg",
         fsync: bool = False,
+        grace_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``grace_s``: blobs written less than this long ago are never evicted; ``clock``: the wall clock
+        (compared with mtimes), injectable for tests."""
+        if grace_s < 0:
+            raise ValueError("blob store grace period must be >= 0")
         if (max_count is not None and max_count < 1) or (max_bytes is not None and max_bytes < 1):
             raise ValueError("blob store caps must be >= 1 (or None for no cap)")
         self.root = Path(root).resolve()
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.suffix = suffix
+        self.grace_s = grace_s
+        self._clock = clock
         self.stats = BlobStoreStats()
         self._fsync = fsync  # off by default: SD cards on edge boxes pay dearly; a lost thumbnail is cheap
         self._lock = threading.Lock()
         self._index: OrderedDict[str, int] = OrderedDict()  # sha -> size, oldest first
+        self._written: dict[str, float] = {}  # sha -> wall-clock write (or refresh) time
         self._bytes = 0
         self._pins: Counter[str] = Counter()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -160,29 +173,35 @@ class BlobStore:
     def _register(self, sha: str, temp: Path, path: Path, size: int) -> None:
         os.replace(temp, path)
         self._index[sha] = size
+        self._written[sha] = self._clock()
         self._bytes += size
         self.stats.written += 1
 
     def _refresh(self, sha: str, path: Path) -> None:
         """Same bytes again: now the newest blob (on disk too, for the next start-up scan)."""
         self._index.move_to_end(sha)
+        self._written[sha] = self._clock()
         self.stats.deduplicated += 1
         try:
             os.utime(path)
         except FileNotFoundError:  # removed behind our back (another process): restore nothing, forget it
             self._bytes -= self._index.pop(sha)
+            self._written.pop(sha, None)
 
     def _over_cap(self) -> bool:
         return ((self.max_count is not None and len(self._index) > self.max_count)
                 or (self.max_bytes is not None and self._bytes > self.max_bytes))
 
     def _evict(self, keep: str | None) -> None:
+        young_after = self._clock() - self.grace_s
         while self._over_cap():
             victim = next((sha for sha in self._index if sha != keep and self._pins[sha] <= 0), None)
-            if victim is None:
-                log.debug("blob store over its cap, but every remaining blob is pinned or just written")
+            # The index is ordered by write time: once the oldest candidate is in its grace period, all are.
+            if victim is None or (self.grace_s > 0 and self._written.get(victim, 0.0) > young_after):
+                log.debug("blob store over its cap, but every remaining blob is pinned or in its grace period")
                 return
             self._bytes -= self._index.pop(victim)
+            self._written.pop(victim, None)
             self._pins.pop(victim, None)
             self.path_for(victim).unlink(missing_ok=True)
             self.stats.evicted += 1
@@ -203,8 +222,9 @@ class BlobStore:
             sha = path.name.removesuffix(self.suffix)
             if path.name.endswith(self.suffix) and _SHA256.match(sha) and path.parent.name == sha[:2]:
                 found.append((info.st_mtime, sha, info.st_size))
-        for _, sha, size in sorted(found):
+        for mtime, sha, size in sorted(found):
             self._index[sha] = size
+            self._written[sha] = mtime
             self._bytes += size
         with self._lock:
             self._evict(keep=None)

@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from fractions import Fraction
 from typing import Protocol
@@ -232,7 +232,8 @@ def paced(frames: Iterator[DecodedFrame], stop: threading.Event) -> Generator[De
     """Release each frame when its presentation time comes, as a camera would; stop early when asked.
 
     A frame already late is released at once (the reader's bounded buffer then drops, as for a camera); a jump
-    back in time (a looped pattern) restarts the schedule.
+    back in time (a looped pattern) restarts the schedule. A released frame is stamped with the release time:
+    that is when a camera would have delivered it (the generator made it up to one interval earlier).
     """
     origin: tuple[float, float] | None = None
     for item in frames:
@@ -242,4 +243,4 @@ def paced(frames: Iterator[DecodedFrame], stop: threading.Event) -> Generator[De
         delay = origin[0] + (item.seconds - origin[1]) - now
         if delay > 0 and stop.wait(delay):
             return
-        yield item
+        yield replace(item, decoded_at=time.time())

@@ -6,6 +6,9 @@ that is refused (someone else holds it) ends the term at once, and when trust ru
 the start of the last good renew) the keeper steps down, *then* tries to release. Every backend call carries a
 deadline no later than the end of trust, so a hung Redis cannot keep a stale leader acting.
 
+A follower told (by the bus) that the holder resigned (``holder_resigned``) contends at once and polls quickly
+until the release lands, so a graceful handover does not wait for a retry period.
+
 ``run()`` is a coroutine for the owner's ``TaskGroup``; cancelling it releases the lease (compare-and-delete)
 unless ``release_on_exit`` is false, so a standby takes over at once after a graceful shutdown.
 """
@@ -90,6 +93,7 @@ class LeaseKeeper:
         self._reported = False  # the first outcome is always reported, even "unknown"
         self._resigned_epoch = 0
         self._wake = asyncio.Event()
+        self._interrupted: asyncio.Future[Acquisition] | None = None
 
     @property
     def is_leader(self) -> bool:
@@ -116,13 +120,14 @@ class LeaseKeeper:
                 if epoch is not None:
                     await self._hold(epoch)
         finally:
+            await self._settle_interrupted_acquire()
             if self.release_on_exit:
                 await self._resign()
 
     async def _contend(self) -> int | None:
         """One acquire attempt; returns our epoch when granted, else reports and waits for the next try."""
         try:
-            got = await self.lease.acquire()
+            got = await self._acquire()
         except LeaseUnavailable as exc:
             await self._report(Unknown(str(exc)))
             await asyncio.sleep(self.retry_s)
@@ -133,6 +138,29 @@ class LeaseKeeper:
         await self._report(Follower(got.holder, got.epoch))
         await self._pause(self._follower_wait(got))
         return None
+
+    async def _acquire(self) -> Acquisition:
+        """``lease.acquire`` shielded from our cancellation: a grant that lands while the node is stopping is
+        then known on the way out and released, instead of leaving the cluster leaderless for a ttl."""
+        attempt = asyncio.ensure_future(self.lease.acquire())  # owned here: awaited by run() if we are cancelled
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            self._interrupted = attempt
+            raise
+
+    async def _settle_interrupted_acquire(self) -> None:
+        """Wait out an acquire that our cancellation interrupted (it has its own deadline); release a grant."""
+        attempt, self._interrupted = self._interrupted, None
+        if attempt is None:
+            return
+        try:
+            got = await attempt
+            if got.granted and self.release_on_exit:
+                await self.lease.release()
+                log.info("released the lease at epoch %d, granted while stopping", got.epoch)
+        except Exception as exc:
+            log.info("acquire interrupted by shutdown ended in %r", exc)
 
     def _follower_wait(self, got: Acquisition) -> float:
         """Retry at the usual period, or just after the holder's lease runs out if that comes sooner, or soon

@@ -2,8 +2,10 @@
 
 The lease keeper reports lease changes; the session turns them into a role (``roles.compute_role``), starts and
 stops handlers for it, announces ``cluster.leader.*`` and ``node.<id>.role``, and rewrites ``cluster.json``.
-Every leader-only act (reporting lost nodes) checks ``keeper.is_leader`` first, which consults the monotonic
-validity of the lease, so a paused ex-leader does nothing as leader after it wakes.
+Every leader-only act (reporting lost nodes, claiming ``leader`` in a heartbeat) checks ``keeper.is_leader``
+first, which consults the monotonic validity of the lease, so a paused ex-leader does nothing as leader after it
+wakes. A node that missed the ``elected`` announcement (it started later, or never contends) heartbeats an older
+epoch; the leader then announces its term again, so every node's cluster.json names the leader.
 """
 
 from __future__ import annotations
@@ -135,13 +137,15 @@ class Session:
     async def _catch_up(self, epoch: int) -> None:
         """A heartbeat stamped ``epoch`` arrived: if its sender is behind our term (it missed ``elected``),
         announce the term again, at most once per heartbeat interval and only while the lease is trusted."""
-        state = self.keeper.state if self.keeper is not None else None
-        if not isinstance(state, Leader) or not self.keeper or not self.keeper.is_leader or epoch >= state.epoch:
+        keeper = self.keeper
+        if keeper is None or not keeper.is_leader or not isinstance(keeper.state, Leader):
+            return
+        if epoch >= keeper.state.epoch:
             return
         if time.monotonic() - self._reannounced_at < self.settings.heartbeat_interval:
             return
         self._reannounced_at = time.monotonic()
-        await self._announce_term(state.epoch)
+        await self._announce_term(keeper.state.epoch)
 
     async def _update_role(self) -> None:
         role = self._computed_role()

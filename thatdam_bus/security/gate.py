@@ -19,7 +19,7 @@ from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope
 from thatdam_bus.events.intent import IntentResult, IntentStatus
 from thatdam_bus.fencing import EpochFence
-from thatdam_bus.security.verifier import NO_KEY, IntentVerifier, Rejection
+from thatdam_bus.security.verifier import NO_KEY, RATE_LIMITED, IntentVerifier, Rejection
 from thatdam_bus.transports.base import Delivery, Fate, Outcome
 
 log = logging.getLogger("thatdam_bus.security")
@@ -39,13 +39,19 @@ class IntentGate:
         self.result_timeout_s = result_timeout_s
 
     def admit(self, event: Envelope[Any], delivery: Delivery, fence: EpochFence | None = None) -> Rejection | None:
-        """Verify against the body as received (see ``signing``), then the epoch; None lets the handler run."""
+        """Verify against the body as received (see ``signing``), then the epoch, then the sender's rate (only
+        an authentic intent spends its source's budget, see ``ratelimit``); None lets the handler run."""
         if self.verifier is None:
             return Rejection(NO_KEY, "no verifier configured")
         if fence is not None and fence.is_stale(event.epoch):
             return Rejection(STALE_EPOCH, f"epoch {event.epoch} < {fence.newest}")
         document = orjson.loads(delivery.body)  # decoded once already: a JSON object
-        return self.verifier.verify(event, delivery.routing_key, document, scope=self.scope)
+        rejection = self.verifier.verify(event, delivery.routing_key, document, scope=self.scope)
+        limiter = self.verifier.limiter
+        if rejection is None and limiter is not None and not limiter.allow(event.source):
+            self.verifier.release(event, scope=self.scope)  # the same intent sent again later is no replay
+            return Rejection(RATE_LIMITED, f"{event.source} sent over {limiter.rate:g}/s (burst {limiter.burst})")
+        return rejection
 
     async def refused(self, ctx: HandlerContext, event: Envelope[Any], rejection: Rejection) -> None:
         await self.report(ctx, event, IntentStatus.REJECTED, rejection.reason)

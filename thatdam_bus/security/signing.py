@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from thatdam_bus.envelope import Envelope
-from thatdam_bus.security.keys import ClusterKey
+from thatdam_bus.security.keys import ClusterKey, Keyring
 
 SIGNATURE_VERSION = "v1"
 DEFAULT_TTL_S = 60.0
@@ -64,6 +64,27 @@ def parse_signature(sig: str) -> ParsedSignature | None:
     if len(parts) != 3 or parts[0] != SIGNATURE_VERSION or not parts[1] or not parts[2]:
         return None
     return ParsedSignature(parts[1], parts[2])
+
+
+def check_signature(keyring: Keyring, document: Mapping[str, Any], routing_key: str) -> str | None:
+    """None when ``document``'s ``sig`` verifies under a key of ``keyring``, else why not, in a few words.
+
+    Read-only on purpose: no clock and no nonce is claimed, so an observer (bus-tail) can say whether an intent
+    is authentic without making the node that will handle it see a replay. Times and replays are the node's
+    business (``IntentVerifier``), which also checks the signature first and in the same way.
+    """
+    sig = document.get("sig")
+    if not isinstance(sig, str) or not sig:
+        return "unsigned"
+    parsed = parse_signature(sig)
+    if parsed is None:
+        return "bad signature (not v1:<kid>:<hex>)"
+    key = keyring.by_kid(parsed.kid)
+    if key is None:
+        return f"bad signature (unknown key id {parsed.kid})"
+    if not hmac.compare_digest(digest(key, document, routing_key).encode(), parsed.digest.encode()):
+        return f"bad signature (mismatch under key {key.kid})"
+    return None
 
 
 def new_nonce() -> str:

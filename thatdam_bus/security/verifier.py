@@ -18,6 +18,7 @@ from typing import Any
 from thatdam_bus.config import Settings
 from thatdam_bus.envelope import Envelope
 from thatdam_bus.security.keys import Keyring, load_keyring
+from thatdam_bus.security.ratelimit import RateLimiter
 from thatdam_bus.security.replay import NonceCache
 from thatdam_bus.security.signing import WallClock, digest, envelope_document, parse_signature
 
@@ -29,6 +30,7 @@ BAD_SIGNATURE = "bad signature"
 EXPIRED = "expired"
 FROM_THE_FUTURE = "from the future"
 REPLAYED = "replayed nonce"
+RATE_LIMITED = "rate limited"
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,11 @@ class IntentVerifier:
         max_skew_s: float = 30.0,
         nonce_cache_size: int = 100_000,
         clock: WallClock = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        """``limiter``: intents per source (``THATDAM_INTENT_RATE``); None accepts any rate."""
         self.keyring = keyring
+        self.limiter = limiter
         self.ttl_s = ttl_s
         self.max_skew_s = max_skew_s
         self.clock = clock
@@ -74,6 +79,7 @@ class IntentVerifier:
             max_skew_s=settings.intent_max_skew_s,
             nonce_cache_size=settings.nonce_cache_size,
             clock=clock,
+            limiter=RateLimiter(settings.intent_rate, settings.intent_burst),
         )
 
     @property
@@ -134,7 +140,8 @@ class IntentVerifier:
         return None
 
     def __repr__(self) -> str:
-        return f"<IntentVerifier keys={self.keyring.kids} ttl={self.ttl_s:g}s skew={self.max_skew_s:g}s>"
+        return (f"<IntentVerifier keys={self.keyring.kids} ttl={self.ttl_s:g}s skew={self.max_skew_s:g}s "
+                f"limiter={self.limiter!r}>")
 
 
 def intent_verifier(settings: Settings, *, clock: WallClock = time.time) -> IntentVerifier:

@@ -24,6 +24,7 @@ async def connect_amqp(settings: Settings) -> Transport | None:
         prefix=settings.prefix,
         max_attempts=settings.max_attempts,
         connect_timeout=settings.connect_timeout,
+        queue_type=settings.queue_type,
     )
     try:
         await transport.start()
