@@ -28,6 +28,7 @@ price is that the store may exceed its caps by what is written within the grace 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 from typing import Any
@@ -91,7 +92,7 @@ class CaptureManager:
         self.store: BlobStore | None = None
         self._bus: Bus | None = None
         self._group: asyncio.TaskGroup | None = None
-        self._pending: dict[str, CaptureConfig] = {}
+        self._pending: dict[str, tuple[CaptureConfig, contextvars.Context | None]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.loops: dict[str, CaptureLoop] = {}
 
@@ -102,12 +103,12 @@ class CaptureManager:
         self.store = await asyncio.to_thread(self._open_store)
         self._bus = bus
         for device, source in self.configured.items():
-            self._pending.setdefault(device, self._config(bus.node_id, device, source))
+            self._pending.setdefault(device, (self._config(bus.node_id, device, source), None))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                for config in list(self._pending.values()):
-                    self._launch(config)
+                for config, context in list(self._pending.values()):
+                    self._launch(config, context)
                 self._pending.clear()
                 await asyncio.get_running_loop().create_future()  # until the service task is cancelled
         finally:
@@ -139,10 +140,12 @@ class CaptureManager:
         except ConfigError as exc:
             raise Reject(f"bad source for {device}: {exc}") from None
         config = self._config(node_id, device, source, fps, width)
+        # The loop runs in the context of the intent's handler, so its events continue the intent's trace.
+        context = contextvars.copy_context()
         if self._group is None:
-            self._pending[device] = config  # the service task starts it as soon as it runs
+            self._pending[device] = (config, context)  # the service task starts it as soon as it runs
         else:
-            self._launch(config)
+            self._launch(config, context)
         return True
 
     def stop(self, device: str) -> None:
@@ -163,12 +166,13 @@ class CaptureManager:
         return CaptureConfig(node_id, device, source, Sampling(fps if fps is not None else settings.capture_fps),
                              width=width or settings.thumbnail_width, backoff=backoff)
 
-    def _launch(self, config: CaptureConfig) -> None:
+    def _launch(self, config: CaptureConfig, context: contextvars.Context | None = None) -> None:
         assert self._group is not None and self.store is not None
         loop = CaptureLoop(config, self.store, on_frame=self._frame, on_started=self._started,
                            on_failed=self._failed, on_stopped=self._stopped)
         previous = self._tasks.get(loop.device)  # still stopping: the new loop waits for the device
-        task = self._group.create_task(self._supervise(loop, previous), name=f"capture {loop.device}")
+        task = self._group.create_task(self._supervise(loop, previous), name=f"capture {loop.device}",
+                                       context=context)
         self._tasks[loop.device] = task
         self.loops[loop.device] = loop
         task.add_done_callback(lambda done: self._forget(loop.device, done))

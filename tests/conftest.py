@@ -14,6 +14,8 @@ import pytest
 AMQP_URL = os.environ.get("THATDAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 REDIS_URL = os.environ.get("THATDAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ON_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+os.environ.setdefault("THATDAM_MDNS", "off")
+"""In-process nodes stay off the developer's LAN; tests/multihost builds its own network and turns mDNS on."""
 
 
 REFERENCE_DIRS = [

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -14,7 +15,8 @@ BIN = Path(sys.executable).parent
 
 def node_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """A minimal environment: nothing from the developer's shell leaks into the node under test."""
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "THATDAM_STATE_DIR": str(state_dir), "HOME": str(state_dir)}
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "THATDAM_STATE_DIR": str(state_dir), "HOME": str(state_dir),
+           "THATDAM_MDNS": "off"}  # nor anything from the LAN: tests/multihost turns mDNS on in its own network
     env.update(extra)
     return env
 
@@ -22,12 +24,13 @@ def node_env(state_dir: Path, **extra: str) -> dict[str, str]:
 class NodeProcess:
     """A ``thatdam up`` child process whose stderr (logfmt) is kept for assertions."""
 
-    def __init__(self, state_dir: Path, **env: str) -> None:
+    def __init__(self, state_dir: Path, *, wrap: Sequence[str] = (), **env: str) -> None:
+        """``wrap``: a command prefix, e.g. ``ip netns exec <host>`` (it must exec, so the pid is the node's)."""
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [str(BIN / "thatdam"), "up"], env=node_env(state_dir, **env), stdout=self._log, stderr=self._log
+            [*wrap, str(BIN / "thatdam"), "up"], env=node_env(state_dir, **env), stdout=self._log, stderr=self._log
         )
 
     def log(self) -> str:

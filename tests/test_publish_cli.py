@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ async def test_a_good_intent_waits_for_done(cli: Cli, node: IntentNode) -> None:
     run = await cli(ROUTE, "--data", GOOD, "--wait", "--timeout", "15")
     assert run.returncode == 0, run.stderr
     intent_id, result = run.stdout.splitlines()
-    assert result == f"{intent_id} done by n1"
+    assert re.fullmatch(rf"{intent_id} done by n1 \(trace [0-9a-f]{{32}}\)", result), result
     assert [e.id for e in node.handled] == [intent_id]
     assert node.handled[0].sig is not None and node.handled[0].exp is not None
 
@@ -79,7 +80,7 @@ async def test_an_invalid_payload_names_its_fields_and_sends_nothing(cli: Cli, n
 async def test_a_refused_intent_exits_1_with_the_reason(cli: Cli, node: IntentNode) -> None:
     run = await cli(ROUTE, "--data", GOOD, "--wait", THATDAM_CLUSTER_KEY="not the cluster's key")
     assert run.returncode == 1, run.stderr
-    assert run.stdout.splitlines()[1].endswith("rejected by n1: bad signature")
+    assert re.search(r"rejected by n1: bad signature \(trace [0-9a-f]{32}\)$", run.stdout.splitlines()[1])
     policy = await cli(ROUTE, "--data", '{"node_id": "n1", "device": "forbidden"}', "--wait")
     assert policy.returncode == 1
     assert "device forbidden by policy" in policy.stdout

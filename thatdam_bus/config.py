@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, AmqpDsn, Field, RedisDsn, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from thatdam_bus.discovery.records import cloud_endpoints
 from thatdam_bus.errors import ConfigError
+from thatdam_bus.recorder.durations import parse_duration
 
 RoleSetting = Literal["auto", "solo", "leader", "worker", "proxy"]
 
@@ -28,7 +30,7 @@ def default_state_dir() -> Path:
 class Settings(BaseSettings):
     """Node and tool configuration. Every field reads ``THATDAM_<NAME>`` unless an alias says otherwise."""
 
-    model_config = SettingsConfigDict(env_prefix="THATDAM_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="THATDAM_", extra="ignore", frozen=True, populate_by_name=True)
 
     amqp_url: AmqpDsn | None = Field(default=None, description="RabbitMQ URL; unset or unreachable -> embedded")
     redis_url: RedisDsn | None = Field(default=None, description="Redis URL for the leader lease")
@@ -81,13 +83,46 @@ class Settings(BaseSettings):
     nonce_cache_size: int = Field(default=100_000, ge=1, description="nonces kept (replay guard)")
     intent_rate: float = Field(default=20.0, gt=0, le=1_000_000, description="intents per second from one source")
     intent_burst: int = Field(default=100, ge=1, le=1_000_000, description="intents one source may send at once")
+    recorder_max_age: float = Field(default=86_400.0, gt=0, description="flight recorder keeps events this long "
+                                    "(seconds, or 10m / 24h / 7d)")
+    recorder_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0,
+                                    description="flight recorder size bound in bytes; 0 turns the recorder off")
+    recorder_segment_bytes: int = Field(default=8 * 1024 * 1024, ge=4096,
+                                        description="recorder segment size: retention drops whole segments")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics port; unset: off")
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
+    mdns: bool = Field(default=True, description="advertise this node and browse for peers over mDNS (on/off)")
+    mdns_interfaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="interfaces (names or IPv4 addresses) mDNS uses; default: every reachable one"
+    )
+    amqp_user: str = Field(default="guest", min_length=1, description="RabbitMQ user for discovered endpoints")
+    amqp_password: SecretStr = Field(default=SecretStr("guest"), description="its password (never advertised)")
+    amqp_password_file: Path | None = Field(default=None, description="file holding the RabbitMQ password")
+    redis_password: SecretStr | None = Field(default=None, description="Redis password for discovered endpoints")
+    cloud_control_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CLOUD_CONTROL_URL", "THATDAM_CLOUD_CONTROL_URL"),
+        description="hint after mDNS: a URL whose query names the endpoints (?amqp=host:port&redis=host:port)",
+    )
 
-    @field_validator("services", "sources", mode="before")
+    @field_validator("services", "sources", "mdns_interfaces", mode="before")
     @classmethod
     def _split_services(cls, value: object) -> object:
         """Comma-separated in the environment (``membership,capture``), a sequence in code."""
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("recorder_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """``THATDAM_RECORDER_MAX_AGE`` may be written ``600``, ``10m``, ``24h`` or ``7d``."""
+        return parse_duration(value) if isinstance(value, str | int | float) else value
+
+    @field_validator("cloud_control_url")
+    @classmethod
+    def _check_cloud_hint(cls, value: str | None) -> str | None:
+        if value is not None:
+            cloud_endpoints(value)  # ValueError: names no amqp endpoint, or a malformed one
         return value
 
     @property
@@ -106,7 +141,7 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for error in exc.errors():
             name = "_".join(str(part) for part in error["loc"]).upper()
-            if not name.startswith("THATDAM_") and name not in {"ROLE", "EVENT_PREFIX"}:
+            if not name.startswith("THATDAM_") and name not in {"ROLE", "EVENT_PREFIX", "CLOUD_CONTROL_URL"}:
                 name = f"THATDAM_{name}"
             problems.append(f"invalid {name}: {error['msg']}")
         raise ConfigError("; ".join(problems)) from None

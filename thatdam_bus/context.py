@@ -8,6 +8,7 @@ from typing import Any
 
 from thatdam_bus.config import Settings
 from thatdam_bus.publisher import Bus
+from thatdam_bus.tracing import current_traceparent
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class HandlerContext:
     log: logging.Logger
     state: Any = None
     """The per-node state object of the handler's service (``Service(state=...)``), if it declared one."""
+
+    @property
+    def traceparent(self) -> str | None:
+        """The trace context of the event being handled (what ``bus.publish`` in this handler continues)."""
+        return current_traceparent()
 
 
 @dataclass(frozen=True)

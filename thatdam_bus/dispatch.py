@@ -8,6 +8,7 @@ Signed payloads (intents) then pass the ``IntentGate`` before their handler, and
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,13 @@ from pydantic import ValidationError
 
 from thatdam_bus.context import HandlerContext
 from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error
-from thatdam_bus.errors import ContractError, Reject, Retry
+from thatdam_bus.errors import ContractError, DecodeError, Reject, Retry, SchemaError
 from thatdam_bus.fencing import EpochFence
+from thatdam_bus.metrics.instruments import HandlerMetrics
 from thatdam_bus.security.gate import IntentGate
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec
+from thatdam_bus.tracing import new_traceparent, trace_scope
 from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind
 
 log = logging.getLogger("thatdam_bus.dispatch")
@@ -67,36 +70,67 @@ def make_callback(
     seen: SeenIds | None = None,
     verifier: IntentVerifier | None = None,
     fence: EpochFence | None = None,
+    max_attempts: int | None = None,
 ) -> DeliveryCallback:
     """The delivery callback a transport runs for ``spec``. ``verifier`` checks signed intents; without one
     (or without a key) a handler of signed intents refuses them all; ``fence`` refuses intents stamped with
-    a leader epoch older than the newest this node has seen."""
+    a leader epoch older than the newest this node has seen. ``max_attempts`` (the transport's) lets the
+    metrics count a failure on the last attempt as the dead letter the transport will make of it.
+
+    The event's ``traceparent`` is the current trace while the gate and the handler run (a new trace for an
+    event without one), so what the handler publishes, and the intent's result, continue it."""
     if seen is None and spec.queue.kind is QueueKind.DURABLE:
         seen = SeenIds()
     gate = IntentGate(verifier, scope=spec.qualified_name) if spec.payload.signed else None
+    metrics = HandlerMetrics.of(spec.qualified_name, spec.queue.patterns)
 
-    async def on_delivery(delivery: Delivery) -> Outcome:
-        try:
-            event = decode_for(spec, delivery.body, max_bytes)
-        except ContractError as exc:
-            return _dead_letter(spec, delivery, str(exc))
+    async def handle(event: Envelope[Any], delivery: Delivery) -> Outcome:
         ctx = context_for(delivery)
         if spec.per_node and getattr(event.data, "node_id", None) != ctx.node_id:
             return ACK  # addressed to another node: its own queue has a copy; no result from us
         if gate is not None and (rejection := gate.admit(event, delivery, fence)) is not None:
             await gate.refused(ctx, event, rejection)
+            metrics.dead_lettered("intent_" + rejection.reason.replace(" ", "_"))
             return _dead_letter(spec, delivery, str(rejection))
         if seen is not None and event.id in seen:
             log.info("duplicate %s id=%s ignored by %s", delivery.routing_key, event.id, spec.qualified_name)
             return ACK
+        started = time.perf_counter()
         outcome = await _run(spec, event, ctx, delivery)
+        metrics.seconds.observe(time.perf_counter() - started)
         if outcome.fate is Fate.ACK and seen is not None:
             seen.add(event.id)
+        elif outcome.fate is Fate.DEAD_LETTER:
+            metrics.dead_lettered("rejected")
+        elif max_attempts is not None and delivery.attempt >= max_attempts:
+            metrics.dead_lettered("gave_up")
         if gate is not None:
             await gate.settled(ctx, event, outcome)
         return outcome
 
+    async def on_delivery(delivery: Delivery) -> Outcome:
+        metrics.consumed.inc()
+        try:
+            event = decode_for(spec, delivery.body, max_bytes)
+        except ContractError as exc:
+            metrics.dead_lettered(_reason_class(exc))
+            return _dead_letter(spec, delivery, str(exc))
+        with trace_scope(event.traceparent or new_traceparent()):
+            return await handle(event, delivery)
+
     return on_delivery
+
+
+def _reason_class(exc: ContractError) -> str:
+    """A bounded label for why a body never reached its handler (the full reason is in the dead letter)."""
+    if isinstance(exc, DecodeError):
+        return "not_json"
+    if isinstance(exc, SchemaError):
+        return "invalid_envelope"
+    text = str(exc)
+    if text.startswith("message of"):
+        return "too_large"
+    return "wrong_type" if text.startswith("event type") else "invalid_data"
 
 
 async def _run(spec: HandlerSpec, event: Envelope[Any], ctx: HandlerContext, delivery: Delivery) -> Outcome:

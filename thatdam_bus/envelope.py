@@ -1,19 +1,21 @@
 """The one envelope every message travels in: CloudEvents 1.0 attribute names plus our extensions.
 
 Extensions: ``epoch`` (newest leader epoch the sender knows: a fencing token), ``seq`` (per-source counter, for
-order and gap checks), and for intents ``exp`` / ``nonce`` / ``sig``. The body on the wire is orjson bytes.
+order and gap checks), ``traceparent`` (W3C trace context, see ``tracing``), and for intents ``exp`` / ``nonce`` /
+``sig``. The body on the wire is orjson bytes.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from thatdam_bus.errors import DecodeError, SchemaError
 from thatdam_bus.ids import new_event_id
+from thatdam_bus.tracing import TRACEPARENT_PATTERN, check_traceparent
 
 CONTENT_TYPE = "application/json"
 SPEC_VERSION = "1.0"
@@ -52,6 +54,9 @@ class Envelope(BaseModel, Generic[DataT]):
     exp: datetime | None = None
     nonce: str | None = Field(default=None, max_length=64)
     sig: str | None = Field(default=None, max_length=128)
+    traceparent: Annotated[str | None, AfterValidator(check_traceparent)] = Field(
+        default=None, pattern=TRACEPARENT_PATTERN, description="W3C trace context (CloudEvents distributed tracing)"
+    )
 
 
 def source_uri(cluster: str, node_id: str, service: str) -> str:

@@ -45,7 +45,7 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 BATCH_ROWS = 256
 BATCH_BYTES = 1024 * 1024
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, routing_key TEXT NOT NULL, "
-           "body BLOB NOT NULL, headers BLOB, size INTEGER NOT NULL)")
+           "body BLOB NOT NULL, headers BLOB, size INTEGER NOT NULL, delivered_locally INTEGER NOT NULL DEFAULT 0)")
 
 
 class Held(NamedTuple):
@@ -71,6 +71,8 @@ class _Store:
         self.count = 0
         self.bytes = 0
         self.generation = 0
+        self.evicted = 0
+        """Locally delivered copies dropped to make room (the solo journal's forward is bounded)."""
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         if path.exists():
@@ -87,26 +89,53 @@ class _Store:
         self._db = db
         return db
 
-    def append(self, entries: list[tuple[str, bytes, bytes | None]], max_events: int, max_bytes: int) -> None:
-        """Store ``entries`` in one fsynced transaction, or none of them (``OutboxFull``) if they do not fit."""
+    def append(self, entries: list[tuple[str, bytes, bytes | None]], max_events: int, max_bytes: int,
+               *, delivered_locally: bool = False) -> None:
+        """Store ``entries`` in one fsynced transaction, or none of them (``OutboxFull``) if they do not fit.
+        ``delivered_locally``: a copy of events already delivered on the embedded broker (the solo journal),
+        which may make room for themselves by evicting the oldest such copies, never an undelivered event."""
         sizes = [len(rk) + len(body) + len(headers or b"") for rk, body, headers in entries]
         with self._lock:
+            if delivered_locally:
+                self._evict_local_copies(len(entries), sum(sizes), max_events, max_bytes)
             if self.count + len(entries) > max_events or self.bytes + sum(sizes) > max_bytes:
                 raise OutboxFull(f"outbox {self.path} is full ({self.count} events, {self.bytes} bytes; bounds "
                                  f"{max_events} events, {max_bytes} bytes): the broker has been away too long")
             try:
-                self._insert(self._db or self._open(), entries, sizes)
+                self._insert(self._db or self._open(), entries, sizes, delivered_locally)
             except (sqlite3.Error, OSError) as exc:
                 raise PublishRefused(f"outbox {self.path} cannot keep the event: {exc}") from exc
             self.count += len(entries)
             self.bytes += sum(sizes)
 
+    def _evict_local_copies(self, count: int, size: int, max_events: int, max_bytes: int) -> None:
+        """Drop the oldest locally delivered copies until ``count`` events of ``size`` bytes fit (lock held)."""
+        fits = self.count + count <= max_events and self.bytes + size <= max_bytes
+        if self._db is None or fits:
+            return
+        local_count, local_bytes = self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE delivered_locally = 1").fetchone()
+        if self.count - local_count + count > max_events or self.bytes - local_bytes + size > max_bytes:
+            return  # even without every copy it would not fit: evict nothing, the append refuses
+        while self.count + count > max_events or self.bytes + size > max_bytes:
+            excess = max(self.count + count - max_events, 1)
+            rows = self._db.execute("SELECT id, size FROM outbox WHERE delivered_locally = 1 ORDER BY id LIMIT ?",
+                                    (excess,)).fetchall()
+            if not rows:
+                return
+            self._db.execute("DELETE FROM outbox WHERE id <= ? AND delivered_locally = 1", (rows[-1][0],))
+            self.count -= len(rows)
+            self.bytes -= sum(row[1] for row in rows)
+            self.evicted += len(rows)
+
     @staticmethod
-    def _insert(db: sqlite3.Connection, entries: list[tuple[str, bytes, bytes | None]], sizes: list[int]) -> None:
+    def _insert(db: sqlite3.Connection, entries: list[tuple[str, bytes, bytes | None]], sizes: list[int],
+                delivered_locally: bool = False) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO outbox (routing_key, body, headers, size) VALUES (?, ?, ?, ?)",
-                           [(*entry, size) for entry, size in zip(entries, sizes, strict=True)])
+            db.executemany("INSERT INTO outbox (routing_key, body, headers, size, delivered_locally) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           [(*entry, size, int(delivered_locally)) for entry, size in zip(entries, sizes, strict=True)])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -10,7 +10,9 @@ from typing import Any, Protocol
 
 from thatdam_bus.envelope import Envelope, Payload, encode, source_uri
 from thatdam_bus.errors import PublishRefused, TransportError
+from thatdam_bus.metrics.instruments import count_published
 from thatdam_bus.outbox import Outbox, is_connected
+from thatdam_bus.tracing import current_traceparent, new_traceparent
 from thatdam_bus.transports.base import Transport
 from thatdam_bus.types import EpochSource
 
@@ -48,7 +50,9 @@ class Bus:
         self._seq = itertools.count(1)
 
     def envelope(self, payload: Payload, *, subject: str | None = None, **extensions: Any) -> Envelope[Any]:
-        """Wrap ``payload`` in a fresh envelope (new id, time, next seq, current epoch)."""
+        """Wrap ``payload`` in a fresh envelope (new id, time, next seq, current epoch, and a new span in the
+        current trace: the handled event's inside a handler, else a new trace; see ``thatdam_bus.tracing``)."""
+        extensions.setdefault("traceparent", new_traceparent(current_traceparent()))
         return Envelope[type(payload)](  # type: ignore[misc,operator,no-any-return]
             type=payload.event_type,
             source=self.source,
@@ -65,6 +69,7 @@ class Bus:
         """Publish and return the envelope that was sent (its ``id`` is what results refer to)."""
         envelope = self.envelope(payload, subject=subject)
         await self.send(envelope, routing_key, durable=payload.durable, mandatory=mandatory)
+        count_published(envelope.type)
         return envelope
 
     async def send(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -128,12 +128,12 @@ class EventLog:
 class ClusterNode:
     """One ``thatdam up`` process with a readable node id (``<name>-<hex>``), driven without blocking the loop."""
 
-    def __init__(self, root: Path, name: str, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, name: str, env: dict[str, str], wrap: Sequence[str] = ()) -> None:
         self.state_dir = root / name
         self.state_dir.mkdir(mode=0o700)
         self.node_id = f"{name}-{uuid.uuid4().hex[:8]}"
         (self.state_dir / "node_id").write_text(self.node_id + "\n")
-        self.process = NodeProcess(self.state_dir, **env)
+        self.process = NodeProcess(self.state_dir, wrap=wrap, **env)
 
     @property
     def pid(self) -> int:

@@ -1,4 +1,4 @@
-"""``thatdam``: the node and its tools (up, tail, publish, status, docs).
+"""``thatdam``: the node and its tools (up, tail, publish, status, docs, advertise-infra).
 
 Each command calls ``asyncio.run`` once; errors are one line, exit 2.
 """
@@ -53,8 +53,15 @@ def _docs(args: argparse.Namespace) -> int:
     return run_docs(args)
 
 
+def _advertise_infra(args: argparse.Namespace) -> int:
+    from thatdam_bus.cli.infra import run_infra
+
+    return run_infra(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from thatdam_bus.cli.docs import add_docs_arguments
+    from thatdam_bus.cli.infra import add_infra_arguments
     from thatdam_bus.cli.publish import add_publish_arguments
     from thatdam_bus.cli.status import add_status_arguments
     from thatdam_bus.cli.tail import add_tail_arguments
@@ -75,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     docs = commands.add_parser("docs", help="write the AsyncAPI document (JSON, YAML) and an offline HTML page")
     add_docs_arguments(docs)
     docs.set_defaults(func=_docs)
+    infra = commands.add_parser("advertise-infra", help="advertise this host's RabbitMQ and Redis over mDNS "
+                                "(for hosts that run them but no node)")
+    add_infra_arguments(infra)
+    infra.set_defaults(func=_advertise_infra)
     return parser
 
 

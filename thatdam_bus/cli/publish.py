@@ -4,6 +4,8 @@ The payload is one JSON object, or JSON lines for many, from ``--data``, ``--fil
 validated against the channel's model before anything is sent, intents are signed with the cluster key, and
 publishes are confirmed and mandatory, so "nobody is listening" is an error rather than silence.
 
+With ``--wait`` each result line ends with the intent's trace id: ``<id> done by <node> (trace <trace id>)``.
+
 Exit codes: 0 sent (and ``done`` with ``--wait``); 1 rejected; 2 bad input or configuration; 3 no result
 before ``--timeout``; 4 the broker refused or could not route the message.
 """
@@ -26,6 +28,7 @@ from thatdam_bus.envelope import Envelope, Payload, describe_validation_error
 from thatdam_bus.errors import ConfigError, ContractError, PublishRefused
 from thatdam_bus.events.intent import IntentResult, IntentStatus
 from thatdam_bus.security.keys import signing_key
+from thatdam_bus.tracing import trace_id_of
 
 EXIT_REJECTED = 1
 EXIT_TIMEOUT = 3
@@ -106,18 +109,20 @@ async def _send_all(client: Client, envelopes: list[Envelope[Any]], routing_key:
 
 
 def report(envelopes: list[Envelope[Any]], results: dict[str, IntentResult], timeout: float) -> int:
-    """One line per intent; the exit code is the worst outcome (rejected before timed out)."""
+    """One line per intent, ending with its trace id (``bus-tail --trace ID`` shows what it caused); the exit
+    code is the worst outcome (rejected before timed out)."""
     code = 0
     for envelope in envelopes:
         result = results.get(envelope.id)
+        trace = f"(trace {trace_id_of(envelope.traceparent)})"
         if result is None:
-            print(f"thatdam: no result for intent {envelope.id} within {timeout:g}s", file=sys.stderr)
+            print(f"thatdam: no result for intent {envelope.id} within {timeout:g}s {trace}", file=sys.stderr)
             code = code or EXIT_TIMEOUT
         elif result.status is IntentStatus.REJECTED:
-            print(f"{envelope.id} rejected by {result.node_id}: {result.reason or 'no reason given'}")
+            print(f"{envelope.id} rejected by {result.node_id}: {result.reason or 'no reason given'} {trace}")
             code = EXIT_REJECTED
         else:
-            print(f"{envelope.id} {result.status} by {result.node_id}")
+            print(f"{envelope.id} {result.status} by {result.node_id} {trace}")
     return code
 
 

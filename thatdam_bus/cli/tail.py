@@ -6,6 +6,9 @@ never competes with a node for work. ``--json`` prints one object per line (for 
 coloured line per event on a terminal, plain when piped or when ``NO_COLOR`` is set. Nothing on the bus can
 crash it: undecodable bodies are reported (``--raw`` shows them) and the next event prints as usual.
 
+With ``--since D``, ``--last N`` or ``--from-start`` (and ``--trace ID``) it first replays the flight recorder,
+then continues live from the same log (``tail_replay``).
+
 Exit codes: 0 done (``--count`` reached, ``--timeout`` passed, or the reader of a pipe went away); 2 bad
 configuration or no bus; 3 ``--timeout`` passed before ``--count`` events arrived.
 """
@@ -24,8 +27,10 @@ from fnmatch import fnmatchcase
 
 from thatdam_bus.cli.logs import configure_logging
 from thatdam_bus.cli.tail_render import Record, Style, human_line, inspect, json_line
+from thatdam_bus.cli.tail_replay import add_replay_arguments, open_recorder, replay_tail, trace_filter, window_of
 from thatdam_bus.config import load_settings
 from thatdam_bus.security.keys import Keyring, load_keyring
+from thatdam_bus.tracing import trace_id_of
 from thatdam_bus.transports import connect_tool_transport
 from thatdam_bus.transports.base import ACK, Delivery, Outcome, QueueSpec
 
@@ -45,18 +50,23 @@ def add_tail_arguments(parser: argparse.ArgumentParser) -> None:
                         help="colour the human output (auto: on a terminal unless NO_COLOR is set)")
     parser.add_argument("--count", type=int, default=None, help="exit after N events")
     parser.add_argument("--timeout", type=float, default=None, help="exit after S seconds")
+    add_replay_arguments(parser)
 
 
 @dataclass(frozen=True)
 class EventFilter:
-    """``--type`` and ``--node``: globs, OR within one option, AND across them. Bodies that did not decode
-    have neither a type nor a node, so any filter hides them."""
+    """``--type`` and ``--node``: globs, OR within one option, AND across them; ``--trace``: one trace id.
+    Bodies that did not decode have neither a type nor a node nor a trace, so any filter hides them."""
 
     types: Sequence[str] = ()
     nodes: Sequence[str] = ()
+    trace: str | None = None
 
     def __call__(self, record: Record) -> bool:
-        if (self.types or self.nodes) and record.event is None:
+        if (self.types or self.nodes or self.trace) and record.event is None:
+            return False
+        if self.trace is not None and trace_id_of(record.event.get("traceparent") if record.event else None) \
+                != self.trace:
             return False
         return _any_match(record.event_type, self.types) and _any_match(record.node, self.nodes)
 
@@ -89,6 +99,10 @@ class Printer:
     def __post_init__(self) -> None:
         self.done = asyncio.Event()
 
+    def wants(self, delivery: Delivery) -> bool:
+        """Would this delivery be printed (the filters; not ``--count``)?"""
+        return self.matches(inspect(delivery, max_bytes=self.max_bytes, keyring=self.keyring))
+
     async def on_delivery(self, delivery: Delivery) -> Outcome:
         if self.done.is_set():
             return ACK  # --count reached: deliveries already in flight are not printed
@@ -115,13 +129,23 @@ class Printer:
 async def tail(args: argparse.Namespace) -> int:
     settings = load_settings()
     printer = Printer(args, load_keyring(settings), settings.max_message_bytes, Style(use_colour(args.color)),
-                      EventFilter(tuple(args.types), tuple(args.nodes)))
+                      EventFilter(tuple(args.types), tuple(args.nodes), trace_filter(args.trace)))
+    window = window_of(args)
+    if window is not None:
+        async with open_recorder(settings) as source:
+            if source is not None:
+                await replay_tail(args, source, window, printer)
+                return _exit_code(args, printer)
     transport = await connect_tool_transport(settings)
     async with transport:
         await transport.subscribe(QueueSpec(patterns=tuple(args.patterns), prefetch=256), printer.on_delivery)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(args.timeout):
                 await printer.done.wait()
+    return _exit_code(args, printer)
+
+
+def _exit_code(args: argparse.Namespace, printer: Printer) -> int:
     if printer.reader_gone:
         # Point stdout at /dev/null so the interpreter's final flush does not report the broken pipe again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

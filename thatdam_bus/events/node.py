@@ -42,6 +42,11 @@ class NodeHeartbeat(Payload):
     uptime_s: float = Field(ge=0)
     load: float = Field(ge=0, description="1-minute load average")
     interval_s: float = Field(gt=0, description="the sender's heartbeat interval, for liveness timeouts")
+    dead_letters_1m: int | None = Field(default=None, ge=0, description="messages its handlers dead-lettered in "
+                                        "the last minute")
+    outbox_depth: int | None = Field(default=None, ge=0, description="durable events held in its outbox / journal")
+    queues_without_consumers: Annotated[list[ShortText], Field(max_length=64)] = Field(
+        default=[], description="durable queues it consumes that the broker reports without any consumer")
 
 
 class NodeJoined(Payload):

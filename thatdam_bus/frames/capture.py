@@ -29,6 +29,7 @@ from thatdam_bus.frames.jpeg import DEFAULT_QUALITY, Jpeg, JpegEncoder
 from thatdam_bus.frames.reader import FrameReader, ReaderStats
 from thatdam_bus.frames.sampler import Sampler, Sampling
 from thatdam_bus.frames.sources import DEFAULT_TIMEOUT_S, DecodedFrame, parse_source
+from thatdam_bus.metrics.instruments import FRAMES_CAPTURED, FRAMES_DROPPED
 
 log = logging.getLogger("thatdam_bus.frames.capture")
 
@@ -117,6 +118,9 @@ class CaptureLoop:
         self._seq = 0
         self._attempt = 0
         self._state = "new"
+        self._captured_metric = FRAMES_CAPTURED.labels(device=self.device)
+        self._dropped_metric = FRAMES_DROPPED.labels(device=self.device)
+        self._dropped_seen = 0
 
     async def run(self) -> None:
         """Capture until cancelled or the file ends; emits ``CaptureStopped`` either way."""
@@ -175,6 +179,10 @@ class CaptureLoop:
         self._attempt = 0
         if await self._emit(self._on_frame, event):
             self.stats.published += 1
+            self._captured_metric.inc()
+        if (dropped := self.stats.reader.dropped) != self._dropped_seen:
+            self._dropped_metric.inc(max(0, dropped - self._dropped_seen))
+            self._dropped_seen = dropped
         elif self.config.pin_frames:
             self._store.unpin(blob.sha256)  # nobody will process an event that was never sent
 

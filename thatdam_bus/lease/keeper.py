@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from thatdam_bus.errors import ConfigError
 from thatdam_bus.lease.base import Acquisition, Lease, LeaseUnavailable
+from thatdam_bus.metrics.instruments import LEASE_RENEW_SECONDS
 
 log = logging.getLogger("thatdam_bus.lease")
 RELEASE_POLL_S = 0.05
@@ -188,7 +189,8 @@ class LeaseKeeper:
                 await self._step_down(epoch, f"lease validity ran out{cause}")
                 return
             try:
-                kept = await self.lease.renew()
+                with LEASE_RENEW_SECONDS.time():
+                    kept = await self.lease.renew()
             except LeaseUnavailable as exc:
                 last_error = exc
                 log.warning("lease renew at epoch %d failed, %.2fs of trust left: %s",

@@ -5,6 +5,8 @@
   heartbeats at all (architecture section 9: N nodes would cost the broker N^2 deliveries per second). A
   heartbeat stamped with an older epoch than the leader's comes from a node that missed the ``elected``
   announcement (it started after it, or never contends for the lease); the leader tells it again.
+- ``recorder`` (``thatdam_bus.recorder.service``): the leader declares the flight recorder stream; a solo node
+  keeps the ring of segment files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from thatdam_bus.events.cluster import LeaderElected, LeaderLost, LeaderResigned
 from thatdam_bus.events.node import NodeHeartbeat, NodeLeft, Role
 from thatdam_bus.membership import MembershipView
 from thatdam_bus.node.leadership import LeaderTracker
+from thatdam_bus.recorder.service import recorder
 from thatdam_bus.service import Service
 from thatdam_bus.topics import LEADER_ELECTED, LEADER_LOST, LEADER_RESIGNED, Patterns
 
@@ -78,4 +81,4 @@ async def forget_leaver(event: Envelope[NodeLeft], ctx: HandlerContext) -> None:
     ctx.log.info("node %s left: %s", event.data.node_id, event.data.reason)
 
 
-CORE_SERVICES = (leadership, membership)
+CORE_SERVICES = (leadership, membership, recorder)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from thatdam_bus.events.node import Capabilities, NodeHeartbeat, Role
 from thatdam_bus.types import Clock
@@ -31,7 +33,8 @@ class HeartbeatSource:
         self._clock = clock
         self._started = clock()
 
-    def beat(self, role: Role, epoch: int) -> NodeHeartbeat:
+    def beat(self, role: Role, epoch: int, health: Mapping[str, Any] | None = None) -> NodeHeartbeat:
+        """``health``: the optional figures (``dead_letters_1m``, ``outbox_depth``, ...) to report."""
         return NodeHeartbeat(
             node_id=self.node_id,
             hostname=self.hostname,
@@ -42,4 +45,5 @@ class HeartbeatSource:
             uptime_s=max(0.0, self._clock() - self._started),
             load=os.getloadavg()[0],
             interval_s=self.interval_s,
+            **(health or {}),
         )

@@ -1,8 +1,9 @@
 """The link: which broker and which lease this node runs on right now, and how to tell when that should change.
 
 ``cluster``: RabbitMQ plus the Redis lease. ``solo``: the embedded broker (with its local socket for tools) plus
-the local lease. Precedence follows the plan: configured endpoints first; with none reachable the node is solo and
-keeps probing, so it joins by itself when the infrastructure appears.
+the local lease. Precedence follows the plan (``link_settings``): the explicit environment, else endpoints found
+over mDNS, else the ``CLOUD_CONTROL_URL`` hint; with none reachable the node is solo and keeps probing, so it
+joins by itself when the infrastructure appears.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from thatdam_bus.config import Settings
+from thatdam_bus.discovery.credentials import with_endpoints
+from thatdam_bus.discovery.records import Endpoints, cloud_endpoints
 from thatdam_bus.lease import open_lease
 from thatdam_bus.lease.base import Lease
 from thatdam_bus.transports import connect_amqp
@@ -27,11 +30,24 @@ class Link:
     transport: Transport
     lease: Lease | None
     solo: bool
+    settings: Settings
+    """The settings it was opened with: their endpoints may have been found by discovery."""
 
     async def aclose(self) -> None:
         if self.lease is not None:
             await self.lease.aclose()
         await self.transport.aclose()
+
+
+def link_settings(settings: Settings, discovered: Endpoints | None) -> Settings:
+    """The endpoints to try now: explicit ``THATDAM_AMQP_URL`` > mDNS > ``CLOUD_CONTROL_URL`` > none (solo).
+    Found endpoints get this node's own credentials (``discovery.credentials``)."""
+    if settings.amqp_url is not None:
+        return settings
+    hint = discovered
+    if hint is None and settings.cloud_control_url is not None:
+        hint = cloud_endpoints(settings.cloud_control_url)
+    return settings if hint is None else with_endpoints(settings, hint)
 
 
 def redact(url: object) -> str:
@@ -92,7 +108,7 @@ async def try_cluster_link(settings: Settings, node_id: str) -> Link | None:
                            node_id=node_id, ttl_s=settings.lease_ttl)
     else:
         log.warning("no THATDAM_REDIS_URL: this node joins the cluster but will never lead")
-    return Link(transport, lease, solo=False)
+    return Link(transport, lease, solo=False, settings=settings)
 
 
 async def solo_link(settings: Settings, node_id: str) -> Link:
@@ -104,4 +120,4 @@ async def solo_link(settings: Settings, node_id: str) -> Link:
     await transport.start()
     lease = open_lease("local://", key_prefix=settings.prefix, node_id=node_id, ttl_s=settings.lease_ttl,
                        state_dir=settings.state_dir)
-    return Link(transport, lease, solo=True)
+    return Link(transport, lease, solo=True, settings=settings)

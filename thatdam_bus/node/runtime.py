@@ -15,12 +15,13 @@ import signal
 
 from thatdam_bus import topics
 from thatdam_bus.config import Settings
+from thatdam_bus.discovery.service import NoDiscovery, open_discovery
 from thatdam_bus.events.node import NodeJoined, NodeLeft, Role
 from thatdam_bus.node.cluster_file import remove_cluster_file
 from thatdam_bus.node.heartbeat import HeartbeatSource
 from thatdam_bus.node.identity import load_or_create_node_id
 from thatdam_bus.node.journal import SoloJournal
-from thatdam_bus.node.link import Link, solo_link, try_cluster_link
+from thatdam_bus.node.link import Link, link_settings, solo_link, try_cluster_link
 from thatdam_bus.node.services import load_services
 from thatdam_bus.node.session import Session
 from thatdam_bus.security.verifier import intent_verifier
@@ -28,6 +29,8 @@ from thatdam_bus.service import Service
 
 log = logging.getLogger("thatdam_bus.node")
 GOODBYE_TIMEOUT_S = 2.0
+DISCOVERY_GRACE_S = 1.5
+"""With no endpoint configured, how long a starting node listens to mDNS before it settles for solo."""
 
 
 class Node:
@@ -37,9 +40,10 @@ class Node:
         self.settings = settings
         self.node_id = load_or_create_node_id(settings.state_dir)
         self.services = services if services is not None else load_services(settings.services)
-        self.journal = SoloJournal(settings.state_dir)
+        self.journal = SoloJournal(settings.state_dir, settings.outbox_max_events, settings.outbox_max_bytes)
         self.verifier = intent_verifier(settings)
         self.session: Session | None = None
+        self.discovery = NoDiscovery()
         self._stop = asyncio.Event()
         self._heartbeats = HeartbeatSource(
             self.node_id,
@@ -60,28 +64,38 @@ class Node:
         """Run sessions until stopped: cluster when the infrastructure is reachable, else solo."""
         remove_cluster_file(self.settings.state_dir)
         try:
-            while not self._stop.is_set():
-                link = await self._open_link()
-                try:
-                    reason = await self._run_session(link)
-                finally:
-                    await link.aclose()
-                log.info("session ended: %s", reason)
+            async with open_discovery(self.settings, self.node_id) as self.discovery:
+                if self.settings.amqp_url is None:
+                    await self.discovery.wait_for_endpoints(DISCOVERY_GRACE_S)
+                while not self._stop.is_set():
+                    link = await self._open_link()
+                    try:
+                        reason = await self._run_session(link)
+                    finally:
+                        await link.aclose()
+                    log.info("session ended: %s", reason)
         finally:
             log.info("node %s stopped", self.node_id)
 
+    def link_settings(self) -> Settings:
+        """Explicit environment > mDNS > CLOUD_CONTROL_URL (``link.link_settings``), asked afresh each time."""
+        return link_settings(self.settings, self.discovery.endpoints())
+
     async def _open_link(self) -> Link:
-        link = await try_cluster_link(self.settings, self.node_id)
+        settings = self.link_settings()
+        link = await try_cluster_link(settings, self.node_id)
+        self.discovery.use(*((None, None) if link is None else (settings.amqp_url, settings.redis_url)))
         if link is None:
-            return await solo_link(self.settings, self.node_id)
+            return await solo_link(settings, self.node_id)
         forwarded = await self.journal.replay(link.transport)
         if forwarded:
             log.info("joined the cluster with %d durable events from solo time", forwarded)
         return link
 
     async def _run_session(self, link: Link) -> str:
-        session = Session(self.settings, self.node_id, link, self.services, self._heartbeats,
-                          journal=self.journal if link.solo else None, verifier=self.verifier)
+        session = Session(link.settings, self.node_id, link, self.services, self._heartbeats,
+                          journal=self.journal if link.solo else None, verifier=self.verifier,
+                          probe=self.link_settings, on_state=self.discovery.announce)
         self.session = session
         await session.start()
         await session.bus.publish(

@@ -116,4 +116,4 @@ class HandlerHost:
                                   handler_log, state)
 
         return make_callback(spec, context_for, max_bytes=self.max_bytes, verifier=self.verifier,
-                             fence=self.fence)
+                             fence=self.fence, max_attempts=self.settings.max_attempts if self.settings else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from thatdam_bus import topics
@@ -22,6 +23,8 @@ from thatdam_bus.events.node import NodeLost, NodeRoleChanged, Role
 from thatdam_bus.fencing import EpochFence
 from thatdam_bus.lease.keeper import Follower, Leader, LeaseKeeper, LeaseState, SteppedDown
 from thatdam_bus.membership import MembershipView
+from thatdam_bus.metrics.endpoint import serve_metrics
+from thatdam_bus.metrics.health import NodeHealth
 from thatdam_bus.node.cluster_file import ClusterFile, write_cluster_file
 from thatdam_bus.node.cluster_view import cluster_view
 from thatdam_bus.node.core_services import CORE_SERVICES, Registry, membership
@@ -30,6 +33,7 @@ from thatdam_bus.node.leadership import LeaderTracker
 from thatdam_bus.node.link import Link, cluster_available
 from thatdam_bus.node.roles import RoleFacts, compute_role, contests_lease
 from thatdam_bus.node.services import HandlerHost
+from thatdam_bus.outbox import outbox_for
 from thatdam_bus.publisher import Bus, Journal
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import Service
@@ -41,8 +45,14 @@ class Session:
     """One link's worth of node behaviour; ``run_until`` returns why it ended."""
 
     def __init__(self, settings: Settings, node_id: str, link: Link, services: list[Service],
-                 heartbeats: HeartbeatSource, journal: Journal | None, verifier: IntentVerifier) -> None:
+                 heartbeats: HeartbeatSource, journal: Journal | None, verifier: IntentVerifier,
+                 probe: Callable[[], Settings] | None = None,
+                 on_state: Callable[[Role, int], None] | None = None) -> None:
+        """``probe``: the endpoints a solo session probes (they may be found while it runs; default: its own
+        settings). ``on_state``: told the role and epoch whenever cluster.json is (re)written (mDNS record)."""
         self.settings = settings
+        self._probe = probe or (lambda: settings)
+        self._on_state = on_state or (lambda _role, _epoch: None)
         self.node_id = node_id
         self.link = link
         self.fence = EpochFence()
@@ -52,7 +62,8 @@ class Session:
         self.view = MembershipView()
         self.heartbeats = heartbeats
         self.bus = Bus(link.transport, cluster=settings.cluster, node_id=node_id,
-                       epoch=lambda: self.fence.newest, journal=journal)
+                       epoch=lambda: self.fence.newest, journal=journal,
+                       outbox=None if link.solo else outbox_for(settings))
         self.host = HandlerHost(self.bus, [*CORE_SERVICES, *services], settings.max_message_bytes,
                                 states={"leadership": self.tracker, "membership": Registry(self.view, self._catch_up)},
                                 verifier=verifier,
@@ -60,6 +71,7 @@ class Session:
         contest = link.lease is not None and contests_lease(settings.role)
         self.keeper = LeaseKeeper(link.lease, self._on_lease_change) if contest and link.lease else None
         self.role = self._computed_role()
+        self.health = NodeHealth(self.bus)
 
     def _computed_role(self) -> Role:
         return compute_role(RoleFacts(
@@ -85,8 +97,12 @@ class Session:
         """Run the session's duties until ``stop`` is set or the link should change; returns the reason."""
         async with asyncio.TaskGroup() as group:
             duties = [group.create_task(self._heartbeat_loop()), group.create_task(self._registry_loop())]
+            duties.append(group.create_task(self.bus.drain()))
             if self.keeper is not None:
                 duties.append(group.create_task(self.keeper.run()))
+            duties.append(group.create_task(self.health.watch_consumers()))
+            if self.settings.metrics_port is not None:
+                duties.append(group.create_task(serve_metrics(self.settings.metrics_host, self.settings.metrics_port)))
             link_watch = group.create_task(self._watch_link())
             stopped = group.create_task(stop.wait())
             await asyncio.wait([link_watch, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -180,8 +196,11 @@ class Session:
     def write_cluster_file(self) -> None:
         """Rewrite cluster.json (atomically); not while a lease change is half applied, nor before the session
         knows a leader (``cluster_view``)."""
+        if self._hold_writes:
+            return
+        self._on_state(self.role, self.fence.newest)
         view: ClusterFile | None = cluster_view(self)
-        if view is not None and not self._hold_writes:
+        if view is not None:
             write_cluster_file(self.settings.state_dir, view)
 
     # -- duties ----------------------------------------------------------------------------------------
@@ -192,7 +211,8 @@ class Session:
         interval = self.settings.heartbeat_interval
         while True:
             try:
-                await self.bus.publish(self.heartbeats.beat(self.acting_role, self.fence.newest), key)
+                role, epoch = self.acting_role, self.fence.newest
+                await self.bus.publish(self.heartbeats.beat(role, epoch, self.health.figures(role, epoch)), key)
             except Exception as exc:
                 log.warning("heartbeat not sent: %r", exc)
             await asyncio.sleep(interval)
@@ -225,7 +245,7 @@ class Session:
         while True:
             await asyncio.sleep(self.settings.probe_interval)
             if self.link.solo:
-                if await cluster_available(self.settings):
+                if await cluster_available(self._probe()):
                     return "infrastructure appeared: joining the cluster"
                 continue
             if getattr(self.link.transport, "connected", True):

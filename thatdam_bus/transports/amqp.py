@@ -5,7 +5,8 @@ Layout of the implementation:
 * ``amqp_topology``: names and declarations (``<prefix>``, ``<prefix>.dlx``, ``<prefix>.dead-letters``);
 * ``amqp_link``: one connection epoch (a FastStream broker) and confirmed publishing;
 * ``amqp_recovery``: the supervisor that replaces a lost epoch with backoff and restores it;
-* ``amqp_consumer``: one subscription: channel, queue, consumer and delivery settlement.
+* ``amqp_consumer``: one subscription: channel, queue, consumer and delivery settlement;
+* ``batching``: the opt-in batching of high-rate routing keys (``batch=BatchPolicy(...)``).
 
 This class wires them together and keeps the only strong references to the subscriptions, which is what
 recovery walks after a reconnect (aio-pika's robust objects are weakly held and have come back with zero
@@ -37,7 +38,8 @@ from thatdam_bus.transports.amqp_link import (
 )
 from thatdam_bus.transports.amqp_recovery import LinkState, Supervisor
 from thatdam_bus.transports.amqp_topology import Topology
-from thatdam_bus.transports.base import Capabilities, DeliveryCallback, QueueSpec, Subscription
+from thatdam_bus.transports.base import Capabilities, DeliveryCallback, QueueKind, QueueSpec, Subscription
+from thatdam_bus.transports.batching import BATCH_CONTENT_TYPE, Batcher, BatchPolicy
 
 __all__ = ["AmqpTransport"]
 
@@ -67,7 +69,10 @@ class AmqpTransport:
         queue_type: str = "classic",
         confirm_timeout: float = 10.0,
         connection_name: str | None = None,
+        batch: BatchPolicy | None = None,
     ) -> None:
+        """``batch``: publish events whose routing key matches one of its patterns several to a message
+        (see ``batching``); consumers unpack batches whatever their own policy."""
         if max_attempts < 1:
             raise ConfigError("max_attempts must be >= 1")
         try:
@@ -95,6 +100,7 @@ class AmqpTransport:
             self._open_link, self._restore, max_delay=reconnect_max_delay,
             restore_timeout=connect_timeout + confirm_timeout, retire_timeout=connect_timeout,
         )
+        self._batcher = Batcher(batch, self._send_batch) if batch is not None else None
         self._closed = False
 
     @property
@@ -141,8 +147,12 @@ class AmqpTransport:
         mandatory: bool = False,
     ) -> None:
         """Durable/mandatory: persistent (if durable) and confirmed within ``confirm_timeout``. Otherwise
-        fire-and-forget on a channel without confirms. While reconnecting, waits up to ``connect_timeout``."""
+        fire-and-forget on a channel without confirms. While reconnecting, waits up to ``connect_timeout``.
+        A routing key the batch policy covers is batched (mandatory publishes never are)."""
         self._check_open()
+        if self._batcher is not None and not mandatory and self._batcher.wants(routing_key):
+            await self._batcher.publish(routing_key, body, headers, durable)
+            return
         link = await self._supervisor.current(self._connect_timeout)
         message = new_message(body, dict(headers) if headers else None, persistent=durable)
         if durable or mandatory:  # a return is only reported through the confirm, so mandatory needs one too
@@ -171,10 +181,19 @@ class AmqpTransport:
             raise
         return subscription
 
+    async def consumer_counts(self) -> dict[str, int]:
+        """Consumers the broker reports on each durable queue this transport consumes (health checks)."""
+        link = await self._supervisor.current(self._connect_timeout)
+        return {subscription.queue: await consumer_count(link, subscription.queue, self._confirm_timeout)
+                for subscription in list(self._subscriptions)
+                if subscription.spec.kind is QueueKind.DURABLE and not subscription.cancelled}
+
     async def aclose(self) -> None:
         """Cancel every subscription (each bounded by its own deadline) and disconnect. Idempotent."""
         if self._closed:
             return
+        if self._batcher is not None:
+            await self._batcher.aclose(self._connect_timeout + self._confirm_timeout)
         self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.cancel()
@@ -188,6 +207,18 @@ class AmqpTransport:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    async def _send_batch(self, routing_key: str, body: bytes, headers: dict[str, Any], durable: bool) -> None:
+        link = await self._supervisor.current(self._connect_timeout)
+        message = new_message(body, headers, persistent=durable, content_type=BATCH_CONTENT_TYPE)
+        if durable:
+            await confirmed_publish(link.events, message, routing_key, mandatory=False,
+                                    timeout=self._confirm_timeout)
+            return
+        try:
+            await link.fast.publish(message, routing_key, mandatory=False)
+        except CONNECTION_ERRORS as exc:
+            raise as_transport_error(exc, f"publish a batch to {routing_key!r}") from exc
 
     def _check_open(self) -> None:
         if self._closed:

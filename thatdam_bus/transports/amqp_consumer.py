@@ -9,6 +9,10 @@ FastStream subscriber, for three reasons found in faststream 0.7.8:
   than the bytes-in/outcome-out contract needs, against a 0.85x-of-raw-aio-pika throughput target;
 * subscribers are registered on one broker, but recovery here replaces the broker on every reconnect.
 
+Messages are consumed on the aiormq channel under aio-pika's: its ``IncomingMessage`` wrapper and second task
+per delivery cost more than the rest of our per-message path, and acks are coalesced (``amqp_acks``). A batch
+message (``batching``) is unpacked here into one delivery per event, each with its own fate.
+
 Retries are republished, not nacked: a classic queue only says ``redelivered``, never how often, so a requeue
 republishes the message to the *same queue* through the default exchange with ``x-thatdam-attempts`` (and the
 original routing key in ``x-thatdam-routing-key``), then acks the original once the copy is confirmed.
@@ -24,13 +28,16 @@ from functools import partial
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+from aiormq.abc import AbstractChannel, DeliveredMessage
 
 from thatdam_bus.errors import PublishRefused
+from thatdam_bus.transports.amqp_acks import AckWindow
 from thatdam_bus.transports.amqp_link import APP_ID, LOG, Link, confirmed_publish
 from thatdam_bus.transports.amqp_recovery import backoff_delay
 from thatdam_bus.transports.amqp_topology import Topology, declare_subscription_queue
 from thatdam_bus.transports.base import (
+    ACK,
     ATTEMPTS_HEADER,
     ORIGINAL_KEY_HEADER,
     Delivery,
@@ -44,6 +51,7 @@ from thatdam_bus.transports.base import (
     outcome_of_crash,
     settle,
 )
+from thatdam_bus.transports.batching import BATCH_HEADER, BatchFormatError, unpack
 
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 # A dead-letter record already carries ATTEMPTS_HEADER (how often the *original* failed); a subscriber of the
@@ -59,20 +67,22 @@ class ConsumerSettings:
     timeout: float
 
 
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any], persistent: bool) -> aio_pika.Message:
-    """A republishable copy keeping the properties a consumer may rely on (ids, type, timestamps)."""
+def _copy(message: DeliveredMessage, body: bytes, headers: dict[str, Any], persistent: bool) -> aio_pika.Message:
+    """A republishable copy keeping the properties a consumer may rely on (ids, type, timestamps). ``body``
+    is the message's own, or one event's of a batch."""
+    props = message.header.properties
     return aio_pika.Message(
-        message.body,
+        body,
         headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persistent else message.delivery_mode,
-        priority=message.priority,
-        correlation_id=message.correlation_id,
-        message_id=message.message_id,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id or APP_ID,
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT if persistent else (props.delivery_mode or 1),
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        message_id=props.message_id,
+        timestamp=props.timestamp,
+        type=props.message_type,
+        app_id=props.app_id or APP_ID,
     )
 
 
@@ -103,6 +113,8 @@ class AmqpSubscription:
         self._link: Link | None = None
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
+        self._underlay: AbstractChannel | None = None
+        self._acks: AckWindow | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._repair: asyncio.Task[None] | None = None
@@ -123,18 +135,22 @@ class AmqpSubscription:
         async with self._lock:
             if self.cancelled or self._link is link:
                 return
-            self._link = self._channel = self._queue = self._tag = None
+            self._link = self._channel = self._queue = self._tag = self._underlay = self._acks = None
             channel: AbstractRobustChannel = await link.connection.channel(publisher_confirms=False)
             try:
                 await channel.set_qos(prefetch_count=self.spec.prefetch)
                 name = self._name if self._durable else self._settings.topology.queue_name(self.spec)
                 queue = await declare_subscription_queue(channel, self._settings.topology, self.spec, name)
-                tag = await queue.consume(partial(self._on_message, link, name), robust=False)
+                underlay = await channel.get_underlay_channel()
+                acks = AckWindow(underlay)
+                ok = await underlay.basic_consume(name, partial(self._on_message, link, name, acks))
+                tag = str(ok.consumer_tag)
                 await self._watch_consumer(link, channel, tag)
             except BaseException:
                 await _close_quietly(channel, self._settings.timeout)
                 raise
             self._link, self._channel, self._queue, self._tag, self._name = link, channel, queue, tag, name
+            self._underlay, self._acks = underlay, acks
 
     async def _watch_consumer(self, link: Link, channel: AbstractRobustChannel, tag: str) -> None:
         """Notice the broker dropping our consumer while the connection lives (queue deleted, channel error):
@@ -193,13 +209,17 @@ class AmqpSubscription:
                 # An attach in flight finishes first, so that its consumer is cancelled too.
                 await self._lock.acquire()
                 self._lock.release()
-        queue, tag, channel = self._queue, self._tag, self._channel
-        self._link = self._channel = self._queue = self._tag = None
-        if queue is not None and tag is not None:
+        underlay, tag, channel, acks = self._underlay, self._tag, self._channel, self._acks
+        self._link = self._channel = self._queue = self._tag = self._underlay = self._acks = None
+        if underlay is not None and tag is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(timeout):
-                    await queue.cancel(tag)
+                    await underlay.basic_cancel(tag)
         await self._drain(timeout)
+        if acks is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await acks.aclose()
         if channel is not None:
             await _close_quietly(channel, timeout)
 
@@ -210,82 +230,121 @@ class AmqpSubscription:
             for task in late:
                 task.cancel()
 
-    async def _on_message(self, link: Link, queue: str, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, link: Link, queue: str, acks: AckWindow, message: DeliveredMessage) -> None:
         """The per-message path: kept free of logging, validation and allocations beyond the Delivery."""
+        tag = message.delivery.delivery_tag
+        acks.delivered(tag)
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
         try:
             delivery = self._delivery(message, queue)
-            try:
-                outcome = await self._callback(delivery)
-            except Exception as exc:
-                outcome = outcome_of_crash(exc)
-            outcome = settle(outcome, delivery.attempt, self._settings.max_attempts)
-            await self._finish(link, message, delivery, outcome)
+            if BATCH_HEADER in delivery.headers:
+                await self._on_batch(link, acks, message, delivery)
+                return
+            outcome = await self._outcome(delivery)
+            if outcome is ACK:
+                acks.ack(tag)
+                return
+            await self._finish(link, acks, message, delivery, outcome)
         finally:
             self._inflight.discard(task)
 
-    def _delivery(self, message: AbstractIncomingMessage, queue: str) -> Delivery:
+    async def _outcome(self, delivery: Delivery) -> Outcome:
+        try:
+            outcome = await self._callback(delivery)
+        except Exception as exc:
+            outcome = outcome_of_crash(exc)
+        if outcome is ACK:
+            return outcome
+        return settle(outcome, delivery.attempt, self._settings.max_attempts)
+
+    def _delivery(self, message: DeliveredMessage, queue: str) -> Delivery:
         """``attempt`` = our republish count + broker redeliveries (quorum ``x-delivery-count``, else 1 if
         the classic ``redelivered`` flag is set) + 1. A republished copy shows its original routing key."""
-        headers = message.headers
+        frame = message.delivery
+        headers = message.header.properties.headers or {}
         count = headers.get(DELIVERY_COUNT_HEADER)
-        redeliveries = count if isinstance(count, int) else int(bool(message.redelivered))
+        redeliveries = count if isinstance(count, int) else int(bool(frame.redelivered))
         prior = headers.get(self._attempt_header)
         if not isinstance(prior, int):
-            return Delivery(message.routing_key or "", message.body, headers, redeliveries + 1, queue)
-        key = headers.get(ORIGINAL_KEY_HEADER) or message.routing_key or ""
+            return Delivery(frame.routing_key or "", message.body, headers, redeliveries + 1, queue)
+        key = headers.get(ORIGINAL_KEY_HEADER) or frame.routing_key or ""
         return Delivery(str(key), message.body, headers, prior + redeliveries + 1, queue)
 
-    async def _finish(
-        self, link: Link, message: AbstractIncomingMessage, delivery: Delivery, outcome: Outcome
-    ) -> None:
+    async def _on_batch(self, link: Link, acks: AckWindow, message: DeliveredMessage, outer: Delivery) -> None:
+        """Each event of a batch in order, each with its own fate; the batch message is acked once every
+        event is settled (a retried or dead-lettered event is republished alone, confirmed)."""
         try:
-            if outcome.fate is Fate.ACK:
-                await message.ack()
-            elif outcome.fate is Fate.REQUEUE:
-                await self._retry(link, message, delivery)
-            else:
-                await self._dead_letter(link, message, delivery, outcome.reason or "dead-lettered")
+            events = unpack(outer)
+        except BatchFormatError as exc:
+            await self._finish(link, acks, message, outer, Outcome(Fate.DEAD_LETTER, f"malformed batch: {exc}"))
+            return
+        try:
+            for event in events:
+                outcome = await self._outcome(event)
+                if outcome.fate is Fate.REQUEUE:
+                    await self._republish_retry(link, message, event)
+                elif outcome.fate is Fate.DEAD_LETTER:
+                    await self._publish_dead_letter(link, message, event, outcome.reason or "dead-lettered")
+        except Exception as exc:
+            # A republish failed: the whole batch goes back (its settled events come again: at least once).
+            LOG.debug("could not settle a batch on %s: %s: %s", outer.queue, type(exc).__name__, exc)
+            await acks.nack(message.delivery.delivery_tag)
+            return
+        acks.ack(message.delivery.delivery_tag)
+
+    async def _finish(
+        self, link: Link, acks: AckWindow, message: DeliveredMessage, delivery: Delivery, outcome: Outcome
+    ) -> None:
+        tag = message.delivery.delivery_tag
+        try:
+            if outcome.fate is Fate.REQUEUE:
+                if not await self._republish_retry(link, message, delivery):
+                    # The queue is going away (a tap being cancelled): leave it to the broker's requeue.
+                    await acks.nack(tag)
+                    return
+            elif outcome.fate is Fate.DEAD_LETTER:
+                await self._publish_dead_letter(link, message, delivery, outcome.reason or "dead-lettered")
         except Exception as exc:
             # The channel or connection is gone (the broker redelivers the unacked message), or a republish
             # was refused: either way the message stays with the broker, never dropped.
             LOG.debug("could not settle a delivery on %s: %s: %s", delivery.queue, type(exc).__name__, exc)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+            await acks.nack(tag)
+            return
+        acks.ack(tag)
 
-    async def _retry(self, link: Link, message: AbstractIncomingMessage, delivery: Delivery) -> None:
-        headers = dict(message.headers)
+    async def _republish_retry(self, link: Link, message: DeliveredMessage, delivery: Delivery) -> bool:
+        """Republish to the same queue with the attempt count; False if the queue no longer takes it."""
+        headers = dict(delivery.headers)
         headers.pop(DELIVERY_COUNT_HEADER, None)
+        headers.pop(BATCH_HEADER, None)
         headers[self._attempt_header] = delivery.attempt
         headers[ORIGINAL_KEY_HEADER] = delivery.routing_key
+        copy = _copy(message, delivery.body, headers, persistent=False)
         try:
-            copy = _copy(message, headers, persistent=False)
             await confirmed_publish(
                 link.default, copy, delivery.queue, mandatory=True, timeout=self._settings.timeout
             )
         except PublishRefused:
-            # The queue is going away (a tap being cancelled): leave the message to the broker's requeue.
-            await message.nack(requeue=True)
-            return
-        await message.ack()
+            return False
+        return True
 
-    async def _dead_letter(
-        self, link: Link, message: AbstractIncomingMessage, delivery: Delivery, reason: str
+    async def _publish_dead_letter(
+        self, link: Link, message: DeliveredMessage, delivery: Delivery, reason: str
     ) -> None:
-        """Publish a confirmed, persistent record to the dlx under the original key, then ack. A subscriber
-        of the dead letters parks its own rejects in the dead-letter queue: the dlx would loop them back."""
+        """Publish a confirmed, persistent record to the dlx under the original key. A subscriber of the
+        dead letters parks its own rejects in the dead-letter queue: the dlx would loop them back."""
         headers = dead_letter_headers(delivery, reason)
         headers.pop(DELIVERY_COUNT_HEADER, None)
         headers.pop(TAP_ATTEMPTS_HEADER, None)
+        headers.pop(BATCH_HEADER, None)
         if self.spec.source is Source.DEAD_LETTERS:
             exchange, key = link.default, self._settings.topology.dead_letter_queue
         else:
             exchange, key = link.dlx, delivery.routing_key
-        copy = _copy(message, headers, persistent=True)
+        copy = _copy(message, delivery.body, headers, persistent=True)
         await confirmed_publish(exchange, copy, key, mandatory=False, timeout=self._settings.timeout)
-        await message.ack()
 
 
 async def consumer_count(link: Link, queue: str, timeout: float) -> int:

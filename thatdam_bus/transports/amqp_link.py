@@ -120,10 +120,11 @@ async def retire(broker: RabbitBroker, timeout: float) -> None:
             await broker.stop()
 
 
-def new_message(body: bytes, headers: dict[str, Any] | None, persistent: bool) -> aio_pika.Message:
+def new_message(body: bytes, headers: dict[str, Any] | None, persistent: bool,
+                content_type: str = CONTENT_TYPE) -> aio_pika.Message:
     mode = aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
     return aio_pika.Message(
-        body, headers=headers, content_type=CONTENT_TYPE, delivery_mode=mode, app_id=APP_ID
+        body, headers=headers, content_type=content_type, delivery_mode=mode, app_id=APP_ID
     )
 
 

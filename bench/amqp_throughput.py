@@ -1,0 +1,59 @@
+"""Bus over RabbitMQ, small transient events, consumer in its own process, no confirms: ours vs raw aio-pika.
+
+    .venv/bin/python bench/amqp_throughput.py [--rounds 6] [--count 30000] [--prefetch 256]
+
+Each round publishes ``--count`` events as fast as the publisher goes and times first publish -> last event
+handled in the consumer process. Raw: ``Exchange.publish`` of a pre-encoded envelope / ``consume`` + ``ack``.
+Ours: ``Bus.publish`` -> ``AmqpTransport`` -> ``HandlerHost`` -> typed handler. Target: ours >= 0.85x raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round
+from common import Child, Row, command_line, interleave, medians, unique_prefix
+
+TARGET = 0.85
+
+
+async def main(args: argparse.Namespace) -> Row:
+    plan = Plan(unique_prefix("tput"), prefetch=args.prefetch)
+    child = Child(consumer_main)
+    await declare(plan.prefix, plan.queue_type)
+
+    async def drive(publisher: RawPublisher | BusPublisher) -> None:
+        for _ in range(args.count):
+            await publisher.publish()
+
+    try:
+        runs = await interleave({
+            "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, False), drive, args.count),
+            "bus": lambda: one_round(child, plan, "bus", BusPublisher(plan.prefix, False, plan.queue_type), drive,
+                                     args.count),
+        }, args.rounds, show="rate,publisher_cpu_us,consumer_cpu_us")
+    finally:
+        await child.close()
+        await cleanup(plan.prefix)
+    base, ours = medians(runs["raw"]), medians(runs["bus"])
+    row = Row("amqp_throughput", "RabbitMQ throughput, transient, consumer in its own process", command_line(),
+              "events/s", "events/s", base["rate"], ours["rate"], f">= {TARGET}x",
+              ours["rate"] >= TARGET * base["rate"], args.rounds,
+              extra={"count": args.count, "prefetch": args.prefetch, "baseline_medians": base, "ours_medians": ours},
+              runs=runs)
+    row.report()
+    row.save()
+    return row
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--count", type=int, default=30_000)
+    parser.add_argument("--prefetch", type=int, default=256)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

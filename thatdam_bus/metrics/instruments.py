@@ -1,0 +1,116 @@
+"""The node's Prometheus instruments, named by the Prometheus conventions (``_total`` counters, ``_seconds``
+histograms, base units), and the helpers the hot paths call.
+
+Cardinality is bounded by construction: messages are labelled by *channel pattern* (``frame.*.*.ready``, from the
+event type via ``events.registry.CHANNELS``) or by handler name, never by a routing key (which carries node ids,
+devices and intent ids); dead letters by a reason *class*. Hot paths bind label children once (``HandlerMetrics``
+per handler, a dict per event type) so a message costs an ``inc()``, not a label lookup.
+
+Instruments live in the process-wide default registry: one node per process in production; tests that run
+several in one process read deltas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OTHER = "other"
+_HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+PUBLISHED = Counter("thatdam_messages_published", "Events published by this node, by channel pattern", ["channel"])
+CONSUMED = Counter("thatdam_messages_consumed", "Deliveries handed to a handler", ["handler", "channel"])
+DEAD_LETTERED = Counter("thatdam_messages_dead_lettered", "Deliveries dead-lettered by a handler, by reason class",
+                        ["handler", "reason"])
+HANDLER_SECONDS = Histogram("thatdam_handler_duration_seconds", "Time spent in a handler", ["handler"],
+                            buckets=_HANDLER_BUCKETS)
+OUTBOX_DEPTH = Gauge("thatdam_outbox_depth", "Durable events held in the outbox or solo journal")
+QUEUE_CONSUMERS = Gauge("thatdam_queue_consumers", "Consumers the broker reports on a durable queue this node "
+                        "consumes (0: work piles up)", ["queue"])
+LEASE_RENEW_SECONDS = Histogram("thatdam_lease_renew_seconds", "Latency of a leader lease renew",
+                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+LEADER_EPOCH = Gauge("thatdam_leader_epoch", "Newest leader epoch this node has seen")
+ROLE = Gauge("thatdam_node_role", "1 for this node's current role, 0 for the others", ["role"])
+FRAMES_CAPTURED = Counter("thatdam_frames_captured", "JPEG frames captured and announced", ["device"])
+FRAMES_DROPPED = Counter("thatdam_frames_dropped", "Decoded frames dropped before encoding (reader queue full)",
+                         ["device"])
+RECORDER_EVENTS = Counter("thatdam_recorder_events", "Events appended to the solo flight recorder")
+RECORDER_BYTES = Gauge("thatdam_recorder_bytes", "Bytes held by the solo flight recorder's segments")
+
+_published: dict[str, Counter] = {}
+_channel_of_type: dict[str, str] = {}
+
+
+def channel_of(event_type: str) -> str:
+    """The channel pattern an event type travels on (``other`` for types no channel declares)."""
+    if not _channel_of_type:
+        from thatdam_bus.events.registry import CHANNELS
+
+        _channel_of_type.update({model.event_type: pattern for pattern, model, _ in CHANNELS})
+    return _channel_of_type.get(event_type, OTHER)
+
+
+def count_published(event_type: str) -> None:
+    child = _published.get(event_type)
+    if child is None:
+        child = _published[event_type] = PUBLISHED.labels(channel=channel_of(event_type))
+    child.inc()
+
+
+@dataclass(frozen=True)
+class HandlerMetrics:
+    """Label children of one handler, bound once when its callback is made."""
+
+    name: str
+    consumed: Counter
+    seconds: Histogram
+
+    @classmethod
+    def of(cls, handler: str, patterns: tuple[str, ...]) -> HandlerMetrics:
+        return cls(handler, CONSUMED.labels(handler=handler, channel=",".join(patterns)),
+                   HANDLER_SECONDS.labels(handler=handler))
+
+    def dead_lettered(self, reason_class: str) -> None:
+        DEAD_LETTERED.labels(handler=self.name, reason=reason_class).inc()
+        DEAD_LETTERS.add()
+
+
+class RecentCounter:
+    """Events in the last ``window_s`` seconds, in one-second buckets (constant memory at any rate)."""
+
+    def __init__(self, window_s: int = 60) -> None:
+        self.window_s = window_s
+        self._buckets: deque[list[int]] = deque()
+
+    def add(self, now: float | None = None) -> None:
+        second = int(time.monotonic() if now is None else now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([second, 1])
+            self._trim(second)
+
+    def count(self, now: float | None = None) -> int:
+        second = int(time.monotonic() if now is None else now)
+        self._trim(second)
+        return sum(n for _, n in self._buckets)
+
+    def _trim(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window_s:
+            self._buckets.popleft()
+
+
+DEAD_LETTERS = RecentCounter()
+"""Dead letters of this process's handlers in the last minute (heartbeat ``dead_letters_1m``)."""
+
+
+def recent_dead_letters() -> int:
+    return DEAD_LETTERS.count()
+
+
+def set_role(role: str, roles: tuple[str, ...]) -> None:
+    for name in roles:
+        ROLE.labels(role=name).set(1 if name == role else 0)
