@@ -1,0 +1,156 @@
+"""The RabbitMQ flight recorder: a stream queue ``<prefix>.recorder`` bound to ``#`` on the prefix exchange.
+
+The leader declares it (``declare_recorder_stream``, idempotent, at every start of a term) with
+``x-max-age`` (``THATDAM_RECORDER_MAX_AGE``), ``x-max-length-bytes`` (``THATDAM_RECORDER_MAX_BYTES``) and
+``x-stream-max-segment-size-bytes`` (``THATDAM_RECORDER_SEGMENT_BYTES``). Retention drops whole segments, so
+the stream holds at most about ``max bytes + one segment``. A stream that exists with other arguments is kept
+as it is (RabbitMQ refuses a redeclaration with different ones; change retention with a policy instead).
+
+Readers (bus-tail) never declare it: a read-only tool should not create a durable, size-owning queue whose
+retention it does not know, and a stream created by a reader holds no history anyway. ``StreamSource``
+consumes it over AMQP 0.9.1 (``x-stream-offset`` plus a prefetch, acking as it goes), from an offset, a
+timestamp or the start, and keeps consuming live: one ordered log, so no gap and no duplicate at the seam.
+
+Recording every routing key has one cost: with the stream bound to ``#``, every publish is routable, so a
+mandatory publish nobody else consumes is no longer returned as unroutable (``thatdam publish`` exit 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+
+from thatdam_bus.recorder.durations import rabbitmq_age
+from thatdam_bus.recorder.ring_format import Entry
+
+log = logging.getLogger("thatdam_bus.recorder")
+SEAM_HEADER = "x-thatdam-seam"
+OFFSET_HEADER = "x-stream-offset"
+PREFETCH = 512
+FIND_SEAM_LOOKBACK_S = 60.0
+OffsetSpec = int | str | datetime
+
+
+def stream_name(prefix: str) -> str:
+    return f"{prefix}.recorder"
+
+
+def stream_arguments(*, max_age_s: float, max_bytes: int, segment_bytes: int) -> dict[str, Any]:
+    return {"x-queue-type": "stream", "x-max-age": rabbitmq_age(max_age_s), "x-max-length-bytes": max_bytes,
+            "x-stream-max-segment-size-bytes": min(segment_bytes, max_bytes)}
+
+
+async def declare_recorder_stream(url: str, prefix: str, *, max_age_s: float, max_bytes: int, segment_bytes: int,
+                                  timeout: float = 10.0) -> None:
+    """Declare ``<prefix>.recorder`` and bind it to ``#``; one short connection of its own."""
+    name = stream_name(prefix)
+    arguments = stream_arguments(max_age_s=max_age_s, max_bytes=max_bytes, segment_bytes=segment_bytes)
+    async with asyncio.timeout(timeout):
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+            except ChannelPreconditionFailed as exc:
+                log.warning("recorder %s exists with other arguments; keeping it as it is: %s", name, exc)
+                channel = await connection.channel()
+                queue = await channel.declare_queue(name, passive=True)
+            await queue.bind(prefix, routing_key="#")
+    log.info("flight recorder: stream %s (max age %s, max %d bytes)", name, arguments["x-max-age"], max_bytes)
+
+
+class StreamSource:
+    """Reads ``<prefix>.recorder`` for bus-tail: offsets are the stream's own."""
+
+    exact_since = False
+    """A timestamp attaches at the chunk stored around it: ``replay`` skips leading older envelopes."""
+
+    def __init__(self, connection: AbstractRobustConnection, prefix: str) -> None:
+        self.connection = connection
+        self.name = stream_name(prefix)
+        self._seam: int | None = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, url: str, prefix: str, timeout: float = 10.0) -> AsyncIterator[StreamSource | None]:
+        """The source, or None when no leader has declared the stream on this broker."""
+        async with asyncio.timeout(timeout):
+            connection = await aio_pika.connect(url)
+        async with connection:
+            source = cls(connection, prefix)
+            yield source if await source.exists() else None
+
+    async def exists(self) -> bool:
+        channel = await self.connection.channel()
+        try:
+            await channel.declare_queue(self.name, passive=True)
+        except ChannelNotFoundEntity:
+            return False
+        await channel.close()
+        return True
+
+    async def end(self) -> int:
+        """The seam: the offset of a marker this reader appends now; everything before it is history."""
+        if self._seam is None:
+            mark = uuid.uuid4().hex
+            channel = await self.connection.channel(publisher_confirms=True)
+            await channel.default_exchange.publish(aio_pika.Message(b"", headers={SEAM_HEADER: mark}), self.name)
+            await channel.close()
+            since = datetime.now(UTC) - timedelta(seconds=FIND_SEAM_LOOKBACK_S)
+            async with contextlib.aclosing(self._consume(since, marks=True)) as entries:
+                async for entry in entries:
+                    if entry.headers.get(SEAM_HEADER) == mark:
+                        self._seam = entry.offset
+                        break
+        assert self._seam is not None
+        return self._seam
+
+    def first(self) -> OffsetSpec:
+        return "first"
+
+    def since(self, moment: datetime) -> OffsetSpec:
+        return moment
+
+    async def history(self, start: OffsetSpec, end: int) -> AsyncIterator[Entry]:
+        """Entries from ``start`` up to (not including) ``end``, which must be a seam from ``end()``."""
+        async with contextlib.aclosing(self._consume(start)) as entries:
+            async for entry in entries:
+                if entry.offset >= end:
+                    return
+                yield entry
+
+    def follow(self, start: OffsetSpec) -> AsyncIterator[Entry]:
+        return self._consume(start)
+
+    async def _consume(self, start: OffsetSpec, *, marks: bool = False) -> AsyncIterator[Entry]:
+        """Consume from ``start`` until the caller stops; messages are acked as they are taken (the prefetch
+        bounds what waits here), seam markers are skipped unless ``marks``."""
+        channel: AbstractChannel = await self.connection.channel()
+        inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        try:
+            await channel.set_qos(prefetch_count=PREFETCH)
+            queue = await channel.declare_queue(self.name, passive=True)
+            await queue.consume(inbox.put, arguments={"x-stream-offset": start})
+            while True:
+                message = await inbox.get()
+                await message.ack()
+                if marks or SEAM_HEADER not in message.headers:
+                    yield _entry(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+def _entry(message: AbstractIncomingMessage) -> Entry:
+    offset = message.headers.get(OFFSET_HEADER)
+    return Entry(int(offset) if isinstance(offset, int) else -1, 0.0, message.routing_key or "",
+                 message.headers, message.body)
