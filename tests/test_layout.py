@@ -5,7 +5,10 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import pytest
 
 import thatdam_bus
 
@@ -56,6 +59,7 @@ def test_handlers_use_only_the_public_api() -> None:
         assert not internal, f"{path.name} reaches into {sorted(internal)}; use `from thatdam_bus import ...`"
 
 
+@pytest.mark.timeout(600)
 def test_every_module_imports_on_its_own() -> None:
     """A fresh interpreter per module catches import cycles that a warm test process hides."""
     modules = sorted(
@@ -63,7 +67,12 @@ def test_every_module_imports_on_its_own() -> None:
         for p in PACKAGE.rglob("*.py")
     )
     script = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
-    for module in modules:
+
+    def import_alone(module: str) -> str | None:
         result = subprocess.run([sys.executable, "-c", script, module], capture_output=True, text=True,
-                                timeout=60, cwd=ROOT)
-        assert result.returncode == 0, f"{module}: {result.stderr[-500:]}"
+                                timeout=120, cwd=ROOT)
+        return None if result.returncode == 0 else f"{module}: {result.stderr[-500:]}"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = [failure for failure in pool.map(import_alone, modules) if failure]
+    assert not failures, "\n".join(failures)

@@ -34,7 +34,7 @@ from thatdam_bus.service import Service
 from thatdam_bus.transports.amqp import AmqpTransport
 from thatdam_bus.transports.base import Delivery, Outcome, QueueKind
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]  # a private broker boots twice; slow under load
 
 EVENTS, PRODUCERS = 10_000, 8
 CRASH_AFTER = 3_000
