@@ -114,3 +114,7 @@ class Patterns:
     CAPTURE_STATE = "capture.*.*.*"
     CAPTURE_INTENTS = "intent.capture.*"
     INTENT_RESULTS = "intent.result.*"
+    RECORDED = ("node.#", "cluster.#", "frame.#", "capture.#", "intent.result.#")
+    """What the flight recorder keeps: every channel except the intents themselves. A recorder bound to ``#``
+    would make every routing key routable and defeat ``mandatory`` publishing (``thatdam publish`` exit 4 for
+    an intent no node listens to); an intent's result carries its trace id, so the causal chain stays whole."""

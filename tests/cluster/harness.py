@@ -259,7 +259,7 @@ class Cluster:
         for proxy in self.proxies:
             await proxy.aclose()
         await self.log.aclose()
-        await delete_amqp_prefix(self.amqp_url, self.prefix, [])
+        await delete_amqp_prefix(self.amqp_url, self.prefix, [f"{self.prefix}.recorder"])  # the leader's stream
         keys = [key async for key in self.redis.scan_iter(match=f"{self.prefix}:*")]
         if keys:
             await self.redis.delete(*keys)

@@ -56,7 +56,10 @@ class PeerBrowser:
         offers = [s for s in self.records.values() if s.advert.endpoints is not None]
         chosen = max(offers, key=preference).advert.endpoints if offers else None
         if chosen is not None and chosen != self._kept:
-            log.info("mDNS: adopting endpoints amqp=%s redis=%s from %s", chosen.amqp, chosen.redis, chosen.origin)
+            kept = self._kept
+            if kept is None or (kept.amqp, kept.redis) != (chosen.amqp, chosen.redis):
+                log.info("mDNS: adopting endpoints amqp=%s redis=%s from %s", chosen.amqp, chosen.redis,
+                         chosen.origin)
             self._kept = chosen
         return self._kept
 
@@ -87,8 +90,13 @@ class PeerBrowser:
         self._names.put_nowait(name)
 
     async def _resolve(self, name: str) -> None:
+        """Read one record (from zeroconf's cache, else by asking); a failure loses this sighting only."""
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+        try:
+            if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+                return
+        except Exception as exc:
+            log.debug("mDNS: could not resolve %s: %r", name, exc)
             return
         advert = Advert.from_properties(info.properties)
         if advert is None or advert.cluster != self.cluster:

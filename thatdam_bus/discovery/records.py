@@ -114,8 +114,8 @@ class Advert:
     @classmethod
     def from_properties(cls, props: Mapping[bytes, bytes | None]) -> Self | None:
         """Decode a TXT record; ``None`` when it is not a valid thatdam record (a peer's bug is not ours)."""
-        text = {_text(key): _text(value) for key, value in props.items() if value is not None}
         try:
+            text = {key.decode(): value.decode() for key, value in props.items() if value is not None}
             return cls(node_id=text["node_id"], cluster=text["cluster"], role=text["role"],
                        epoch=int(text.get("epoch", "0")), version=text.get("version", "")[:64],
                        amqp=text.get("amqp") or None, redis=text.get("redis") or None)
@@ -125,6 +125,3 @@ class Advert:
     def with_(self, **changes: object) -> Self:
         return replace(self, **changes)  # type: ignore[arg-type]
 
-
-def _text(value: bytes) -> str:
-    return value.decode("utf-8")

@@ -21,22 +21,24 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from thatdam_bus.recorder.durations import rabbitmq_age
 from thatdam_bus.recorder.ring_format import Entry
+from thatdam_bus.topics import Patterns
 
 log = logging.getLogger("thatdam_bus.recorder")
 SEAM_HEADER = "x-thatdam-seam"
 OFFSET_HEADER = "x-stream-offset"
 PREFETCH = 512
 FIND_SEAM_LOOKBACK_S = 60.0
+FIND_SEAM_TIMEOUT_S = 5.0
 OffsetSpec = int | str | datetime
 
 
@@ -51,7 +53,7 @@ def stream_arguments(*, max_age_s: float, max_bytes: int, segment_bytes: int) ->
 
 async def declare_recorder_stream(url: str, prefix: str, *, max_age_s: float, max_bytes: int, segment_bytes: int,
                                   timeout: float = 10.0) -> None:
-    """Declare ``<prefix>.recorder`` and bind it to ``#``; one short connection of its own."""
+    """Declare ``<prefix>.recorder`` and bind it to ``Patterns.RECORDED``; one short connection of its own."""
     name = stream_name(prefix)
     arguments = stream_arguments(max_age_s=max_age_s, max_bytes=max_bytes, segment_bytes=segment_bytes)
     async with asyncio.timeout(timeout):
@@ -64,7 +66,8 @@ async def declare_recorder_stream(url: str, prefix: str, *, max_age_s: float, ma
                 log.warning("recorder %s exists with other arguments; keeping it as it is: %s", name, exc)
                 channel = await connection.channel()
                 queue = await channel.declare_queue(name, passive=True)
-            await queue.bind(prefix, routing_key="#")
+            for pattern in Patterns.RECORDED:
+                await queue.bind(prefix, routing_key=pattern)
     log.info("flight recorder: stream %s (max age %s, max %d bytes)", name, arguments["x-max-age"], max_bytes)
 
 
@@ -74,7 +77,7 @@ class StreamSource:
     exact_since = False
     """A timestamp attaches at the chunk stored around it: ``replay`` skips leading older envelopes."""
 
-    def __init__(self, connection: AbstractRobustConnection, prefix: str) -> None:
+    def __init__(self, connection: AbstractConnection, prefix: str) -> None:
         self.connection = connection
         self.name = stream_name(prefix)
         self._seam: int | None = None
@@ -106,13 +109,19 @@ class StreamSource:
             await channel.default_exchange.publish(aio_pika.Message(b"", headers={SEAM_HEADER: mark}), self.name)
             await channel.close()
             since = datetime.now(UTC) - timedelta(seconds=FIND_SEAM_LOOKBACK_S)
-            async with contextlib.aclosing(self._consume(since, marks=True)) as entries:
-                async for entry in entries:
-                    if entry.headers.get(SEAM_HEADER) == mark:
-                        self._seam = entry.offset
-                        break
-        assert self._seam is not None
+            try:
+                async with asyncio.timeout(FIND_SEAM_TIMEOUT_S):
+                    self._seam = await self._find(mark, since)
+            except TimeoutError:  # our clock far ahead of the broker's: look from the start instead
+                self._seam = await self._find(mark, "first")
         return self._seam
+
+    async def _find(self, mark: str, start: OffsetSpec) -> int:
+        async with contextlib.aclosing(self._consume(start, marks=True)) as entries:
+            async for entry in entries:
+                if entry.headers.get(SEAM_HEADER) == mark:
+                    return entry.offset
+        raise AssertionError("a stream consumer ended")  # _consume only ends when closed
 
     def first(self) -> OffsetSpec:
         return "first"
@@ -120,18 +129,19 @@ class StreamSource:
     def since(self, moment: datetime) -> OffsetSpec:
         return moment
 
-    async def history(self, start: OffsetSpec, end: int) -> AsyncIterator[Entry]:
+    async def history(self, start: OffsetSpec, end: int) -> AsyncGenerator[Entry, None]:
         """Entries from ``start`` up to (not including) ``end``, which must be a seam from ``end()``."""
-        async with contextlib.aclosing(self._consume(start)) as entries:
+        async with contextlib.aclosing(self._consume(start, marks=True)) as entries:
             async for entry in entries:
                 if entry.offset >= end:
                     return
-                yield entry
+                if SEAM_HEADER not in entry.headers:
+                    yield entry
 
-    def follow(self, start: OffsetSpec) -> AsyncIterator[Entry]:
+    def follow(self, start: OffsetSpec) -> AsyncGenerator[Entry, None]:
         return self._consume(start)
 
-    async def _consume(self, start: OffsetSpec, *, marks: bool = False) -> AsyncIterator[Entry]:
+    async def _consume(self, start: OffsetSpec, *, marks: bool = False) -> AsyncGenerator[Entry, None]:
         """Consume from ``start`` until the caller stops; messages are acked as they are taken (the prefetch
         bounds what waits here), seam markers are skipped unless ``marks``."""
         channel: AbstractChannel = await self.connection.channel()

@@ -18,7 +18,7 @@ Where to start:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -40,9 +40,9 @@ class RecorderSource(Protocol):
 
     def since(self, moment: datetime) -> Any: ...
 
-    def history(self, start: Any, end: int) -> AsyncIterator[Entry]: ...
+    def history(self, start: Any, end: int) -> AsyncGenerator[Entry, None]: ...
 
-    def follow(self, start: Any) -> AsyncIterator[Entry]: ...
+    def follow(self, start: Any) -> AsyncGenerator[Entry, None]: ...
 
 
 class RingSource:
@@ -65,11 +65,11 @@ class RingSource:
     def since(self, moment: datetime) -> int:
         return self.reader.offset_since(moment.timestamp())
 
-    async def history(self, start: int, end: int) -> AsyncIterator[Entry]:
+    async def history(self, start: int, end: int) -> AsyncGenerator[Entry, None]:
         for entry in self.reader.read(start, end):
             yield entry
 
-    def follow(self, start: int) -> AsyncIterator[Entry]:
+    def follow(self, start: int) -> AsyncGenerator[Entry, None]:
         return self.reader.follow(start)
 
 

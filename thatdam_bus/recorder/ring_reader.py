@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 
 from thatdam_bus.recorder.ring_format import Entry, decode_records, segments
@@ -69,7 +69,7 @@ class RingReader:
                 if entry.offset >= start:
                     yield entry
 
-    async def follow(self, start: int) -> AsyncIterator[Entry]:
+    async def follow(self, start: int) -> AsyncGenerator[Entry, None]:
         """Every entry from ``start`` on, in order, then each new one as it is recorded; until cancelled."""
         expected = start
         position, current = 0, self._segment_for(expected)

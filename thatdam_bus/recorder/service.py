@@ -61,7 +61,7 @@ async def _record(ctx: TaskContext, ring: DiskRing) -> None:
         ring.append(delivery.routing_key, delivery.body, delivery.headers)
         return ACK
 
-    spec = QueueSpec(patterns=(Patterns.ALL,), prefetch=RECORDER_QUEUE_PREFETCH)
+    spec = QueueSpec(patterns=Patterns.RECORDED, prefetch=RECORDER_QUEUE_PREFETCH)
     subscription = await ctx.bus.transport.subscribe(spec, append)
     ctx.log.info("flight recorder: %r", ring)
     try:

@@ -1,0 +1,174 @@
+"""``bus-tail --since 1m``: events published before it started come first, in publish order, then live ones,
+with no gap and no duplicate at the seam (a pump keeps publishing numbered events while bus-tail starts);
+on a solo node (the ring in its state directory) and on RabbitMQ (the leader's stream), and again after the
+node that keeps or declared the recorder restarted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import delete_amqp_prefix
+from tests.nodes import NodeProcess, node_env
+from tests.observability.support import KEY, Numbered, Publish, history_then_live, stream_declared
+from tests.tools.tail_process import TailProcess
+from thatdam_bus.recorder.amqp_stream import stream_name
+from thatdam_bus.recorder.disk_ring import RECORDER_DIR
+from thatdam_bus.recorder.ring_reader import RingReader
+from thatdam_bus.transports.amqp import AmqpTransport
+from thatdam_bus.transports.socket_client import SocketTransport
+
+
+async def recorded(state_dir: Path, key: str, count: int, timeout: float = 10.0) -> None:
+    """Wait until the solo node's ring holds ``count`` events on ``key``."""
+    reader = RingReader(state_dir / RECORDER_DIR)
+    async with asyncio.timeout(timeout):
+        while sum(entry.routing_key == key for entry in reader.read(0, reader.end_offset())) < count:
+            await asyncio.sleep(0.05)
+
+
+def solo(state_dir: Path) -> NodeProcess:
+    node = NodeProcess(state_dir)
+    node.wait_for_log("flight recorder")
+    return node
+
+
+async def socket_publisher(state_dir: Path) -> tuple[SocketTransport, Publish]:
+    transport = SocketTransport(state_dir / "bus.sock", prefix="thatdam")
+    await transport.start()
+
+    async def publish(key: str, body: bytes) -> None:
+        await transport.publish(key, body)
+
+    return transport, publish
+
+
+@pytest.fixture
+def solo_node(state_dir: Path) -> Iterator[NodeProcess]:
+    node = solo(state_dir)
+    try:
+        yield node
+    finally:
+        node.kill()
+
+
+async def test_solo_history_then_live_without_gap_or_duplicate(solo_node: NodeProcess) -> None:
+    numbered = Numbered()
+    transport, publish = await socket_publisher(solo_node.state_dir)
+    async with transport:
+        printed = await history_then_live(node_env(solo_node.state_dir), publish, numbered)
+    assert printed == list(range(numbered.sent))
+
+
+async def test_solo_replay_after_the_node_restarts(state_dir: Path) -> None:
+    numbered = Numbered()
+    node = solo(state_dir)
+    try:
+        transport, publish = await socket_publisher(state_dir)
+        async with transport:
+            await numbered.publish(publish, 15)
+        await recorded(state_dir, KEY, 15)
+    finally:
+        node.kill()  # SIGKILL: what was recorded must survive the process
+    node = solo(state_dir)
+    try:
+        transport, publish = await socket_publisher(state_dir)
+        async with transport:
+            printed = await history_then_live(node_env(state_dir), publish, numbered, history=5)
+    finally:
+        node.kill()
+    assert printed == list(range(numbered.sent)) and printed[:15] == list(range(15))
+
+
+@pytest.fixture
+async def cluster_env(rabbitmq: str, redis_url: str, prefix: str, state_dir: Path) -> AsyncIterator[dict[str, str]]:
+    env = {"THATDAM_AMQP_URL": rabbitmq, "THATDAM_REDIS_URL": redis_url, "THATDAM_PREFIX": prefix}
+    try:
+        yield env
+    finally:
+        await delete_amqp_prefix(rabbitmq, prefix, [stream_name(prefix)])
+        client = aioredis.Redis.from_url(redis_url)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def leader(state_dir: Path, env: dict[str, str]) -> NodeProcess:
+    node = NodeProcess(state_dir, **env)
+    node.wait_for_log("flight recorder: stream")
+    return node
+
+
+async def amqp_publisher(url: str, prefix: str) -> tuple[AmqpTransport, Publish]:
+    transport = AmqpTransport(url, prefix=prefix)
+    await transport.start()
+
+    async def publish(key: str, body: bytes) -> None:
+        await transport.publish(key, body)
+
+    return transport, publish
+
+
+async def test_rabbitmq_history_then_live_without_gap_or_duplicate(cluster_env: dict[str, str], prefix: str,
+                                                                   rabbitmq: str, state_dir: Path) -> None:
+    node = leader(state_dir, cluster_env)
+    try:
+        await stream_declared(rabbitmq, stream_name(prefix))
+        numbered = Numbered()
+        transport, publish = await amqp_publisher(rabbitmq, prefix)
+        async with transport:
+            printed = await history_then_live(node_env(state_dir.parent / "tail", **cluster_env), publish, numbered)
+    finally:
+        node.kill()
+    assert printed == list(range(numbered.sent))
+
+
+async def test_rabbitmq_replay_after_the_declaring_node_restarts(cluster_env: dict[str, str], prefix: str,
+                                                                 rabbitmq: str, state_dir: Path) -> None:
+    numbered = Numbered()
+    transport, publish = await amqp_publisher(rabbitmq, prefix)
+    async with transport:
+        node = leader(state_dir, cluster_env)
+        try:
+            await stream_declared(rabbitmq, stream_name(prefix))
+            await numbered.publish(publish, 15)
+        finally:
+            node.kill()
+        node = leader(state_dir, cluster_env)  # declares again: idempotent, the history stays
+        try:
+            printed = await history_then_live(node_env(state_dir.parent / "tail", **cluster_env), publish, numbered,
+                                              history=5)
+        finally:
+            node.kill()
+    assert printed == list(range(numbered.sent)) and printed[:15] == list(range(15))
+
+
+async def test_last_n_and_from_start_on_rabbitmq(cluster_env: dict[str, str], prefix: str, rabbitmq: str,
+                                                 state_dir: Path) -> None:
+    """``--last 5`` counts the events that pass the pattern (heartbeats share the stream), then goes live;
+    ``--from-start`` replays everything, across the seam with the pump running."""
+    node = leader(state_dir, cluster_env)
+    try:
+        await stream_declared(rabbitmq, stream_name(prefix))
+        numbered = Numbered()
+        transport, publish = await amqp_publisher(rabbitmq, prefix)
+        async with transport:
+            await numbered.publish(publish, 30)
+            env = node_env(state_dir.parent / "tail", **cluster_env)
+            tail = await TailProcess.start(env, "capture.obs.#", "--last", "5")
+            try:
+                last = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(5)]
+                await numbered.publish(publish, 3)
+                live = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(3)]
+            finally:
+                await tail.kill()
+            everything = await history_then_live(env, publish, numbered, history=0, live=10, args=("--from-start",))
+    finally:
+        node.kill()
+    assert (last, live) == ([25, 26, 27, 28, 29], [30, 31, 32])
+    assert everything == list(range(numbered.sent))
