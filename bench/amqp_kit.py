@@ -130,10 +130,12 @@ class Consumer:
         transport = AmqpTransport(AMQP_URL, prefix=request["prefix"], queue_type=request["queue_type"])
         await transport.start()
         self._close.append(transport.aclose)
-        tmp = tempfile.mkdtemp(prefix="bench-amqp-")
-        settings = load_settings(state_dir=Path(tmp))
-        host = HandlerHost(Bus(transport, cluster="bench", node_id="sink"), [_bench_service(request["durable"], request["prefetch"])],
-                           max_bytes=1 << 20, settings=settings)
+        tmp = tempfile.TemporaryDirectory(prefix="bench-amqp-")
+        self._close.append(_async(tmp.cleanup))
+        settings = load_settings(state_dir=Path(tmp.name))
+        service = _bench_service(request["durable"], request["prefetch"])
+        host = HandlerHost(Bus(transport, cluster="bench", node_id="sink"), [service], max_bytes=1 << 20,
+                           settings=settings)
         await host.apply_role(Role.SOLO)
         self._close.insert(0, host.stop_all)
 
@@ -151,6 +153,13 @@ class Consumer:
         self._close.clear()
         return {"count": sink.count, "first_ns": sink.first_ns, "last_ns": sink.last_ns, "cpu_s": cpu,
                 "latencies_us": sink.latencies_us}
+
+
+def _async(cleanup: Any) -> Any:
+    async def run() -> None:
+        cleanup()
+
+    return run
 
 
 def consumer_main(connection: Any) -> None:
@@ -317,7 +326,7 @@ class Plan:
     timeout: float = 60.0
 
 
-async def one_round(child: Any, plan: Plan, variant: str, publisher: Any, drive: Any, expect: int) -> dict:
+async def one_round(child: Any, plan: Plan, variant: str, publisher: Any, drive: Any, expect: int) -> dict[str, Any]:
     """Purge, set the consumer up, publish with ``drive(publisher)``, collect the consumer's figures."""
     await purge(plan.prefix)
     child.send({"op": "setup", "variant": variant, "prefix": plan.prefix, "durable": plan.durable,

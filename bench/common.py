@@ -12,6 +12,7 @@ in every process of the machine, so publish-to-handler latency can be measured a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -81,7 +82,8 @@ def median(values: Sequence[float]) -> float:
 Round = Callable[[], Awaitable[dict[str, Any]]]
 
 
-async def interleave(variants: Mapping[str, Round], rounds: int, *, show: str = "rate") -> dict[str, list[dict]]:
+async def interleave(variants: Mapping[str, Round], rounds: int, *,
+                     show: str = "rate") -> dict[str, list[dict[str, Any]]]:
     """Run every variant once per round, alternating which goes first; print each measurement."""
     names = list(variants)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
@@ -198,10 +200,8 @@ class Child:
         return self._ours.recv()
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.send(None)
-        except (BrokenPipeError, OSError):
-            pass
         await asyncio.to_thread(self._process.join, 10)
         if self._process.is_alive():
             self._process.terminate()

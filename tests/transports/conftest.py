@@ -9,8 +9,11 @@ import pytest
 
 from tests.conftest import delete_amqp_prefix
 from thatdam_bus.transports.base import QueueKind, QueueSpec, Transport
+from thatdam_bus.transports.batching import BatchPolicy
 
-KINDS = ["embedded", "socket", "amqp"]
+KINDS = ["embedded", "socket", "amqp", "amqp-batched"]
+BATCH_EVERYTHING = BatchPolicy(patterns=("#",), max_events=16, linger=0.005)
+"""``amqp-batched``: every non-mandatory publish is batched, so the whole contract suite runs over batches."""
 
 
 class TransportKit:
@@ -38,11 +41,12 @@ class TransportKit:
     async def new(self, max_attempts: int = 3) -> Transport:
         """A started transport. For ``embedded`` every call returns the same in-process broker."""
         transport: Transport
-        if self.kind == "amqp":
+        if self.kind.startswith("amqp"):
             from thatdam_bus.transports.amqp import AmqpTransport
 
             assert self.amqp_url is not None
-            transport = AmqpTransport(self.amqp_url, prefix=self.prefix, max_attempts=max_attempts)
+            batch = BATCH_EVERYTHING if self.kind == "amqp-batched" else None
+            transport = AmqpTransport(self.amqp_url, prefix=self.prefix, max_attempts=max_attempts, batch=batch)
             await transport.start()
         elif self.kind == "embedded":
             return await self._embedded_host()
@@ -67,7 +71,7 @@ class TransportKit:
 
 @pytest.fixture(params=KINDS)
 async def kit(request: pytest.FixtureRequest, prefix: str, state_dir: Path) -> AsyncIterator[TransportKit]:
-    amqp_url = request.getfixturevalue("rabbitmq") if request.param == "amqp" else None
+    amqp_url = request.getfixturevalue("rabbitmq") if request.param.startswith("amqp") else None
     declared: list[str] = []
     kit = TransportKit(request.param, prefix, state_dir, amqp_url, declared.append)
     try:

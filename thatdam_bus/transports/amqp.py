@@ -26,15 +26,14 @@ from urllib.parse import parse_qs, urlsplit
 from thatdam_bus.errors import ConfigError, TransportClosed, TransportUnavailable
 from thatdam_bus.transports.amqp_consumer import AmqpSubscription, ConsumerSettings, consumer_count
 from thatdam_bus.transports.amqp_link import (
-    CONNECTION_ERRORS,
     LOG,
     UNAVAILABLE_ERRORS,
     Link,
     LinkSettings,
     as_transport_error,
-    confirmed_publish,
-    new_message,
     open_link,
+    publish_confirmed,
+    publish_transient,
 )
 from thatdam_bus.transports.amqp_recovery import LinkState, Supervisor
 from thatdam_bus.transports.amqp_topology import Topology
@@ -108,6 +107,11 @@ class AmqpTransport:
         return self._settings.connection_name
 
     @property
+    def batcher(self) -> Batcher | None:
+        """The batching publisher (its ``batches_sent`` / ``events_sent``), when a batch policy is set."""
+        return self._batcher
+
+    @property
     def connected(self) -> bool:
         """True while the connection is up (false while reconnecting): the node falls back to solo on it."""
         return not self._closed and self._supervisor.state is LinkState.CONNECTED
@@ -154,16 +158,12 @@ class AmqpTransport:
             await self._batcher.publish(routing_key, body, headers, durable)
             return
         link = await self._supervisor.current(self._connect_timeout)
-        message = new_message(body, dict(headers) if headers else None, persistent=durable)
-        if durable or mandatory:  # a return is only reported through the confirm, so mandatory needs one too
-            await confirmed_publish(
-                link.events, message, routing_key, mandatory=mandatory, timeout=self._confirm_timeout
-            )
+        if not (durable or mandatory):
+            await publish_transient(link, routing_key, body, dict(headers) if headers else None)
             return
-        try:
-            await link.fast.publish(message, routing_key, mandatory=False)
-        except CONNECTION_ERRORS as exc:
-            raise as_transport_error(exc, f"publish to {routing_key!r}") from exc
+        # A return is only reported through the confirm, so mandatory needs one too.
+        await publish_confirmed(link, routing_key, body, dict(headers) if headers else None, persistent=durable,
+                                mandatory=mandatory, timeout=self._confirm_timeout)
 
     async def subscribe(self, spec: QueueSpec, callback: DeliveryCallback) -> Subscription:
         """Returns once the queue is declared, bound and consumed; recovery re-attaches it on reconnect."""
@@ -210,15 +210,11 @@ class AmqpTransport:
 
     async def _send_batch(self, routing_key: str, body: bytes, headers: dict[str, Any], durable: bool) -> None:
         link = await self._supervisor.current(self._connect_timeout)
-        message = new_message(body, headers, persistent=durable, content_type=BATCH_CONTENT_TYPE)
-        if durable:
-            await confirmed_publish(link.events, message, routing_key, mandatory=False,
-                                    timeout=self._confirm_timeout)
+        if not durable:
+            await publish_transient(link, routing_key, body, headers, content_type=BATCH_CONTENT_TYPE)
             return
-        try:
-            await link.fast.publish(message, routing_key, mandatory=False)
-        except CONNECTION_ERRORS as exc:
-            raise as_transport_error(exc, f"publish a batch to {routing_key!r}") from exc
+        await publish_confirmed(link, routing_key, body, headers, persistent=True, mandatory=False,
+                                timeout=self._confirm_timeout, content_type=BATCH_CONTENT_TYPE)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -8,8 +8,8 @@ order (its predecessor still in a handler) is acked on its own at the same flush
 holds back its neighbours' credit; each tag is acknowledged exactly once either way.
 
 Delivery tags are per channel and increase in delivery order; a window lives and dies with its channel.
-A nack (requeue) is sent at once, and the tag leaves the window before any later multiple-ack is computed,
-so a multiple-ack never covers it.
+A nack (requeue) is sent at once, and the tag leaves the window before any later multiple-ack is computed;
+while a nack is still on its way to the socket, acks wait, so no multiple-ack can overtake it and cover it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class AckWindow:
         self._outstanding: dict[int, bool] = {}
         self._flush: asyncio.Handle | None = None
         self._sending: set[asyncio.Task[None]] = set()
+        self._nacking = 0
         self.closed = False
 
     def __len__(self) -> int:
@@ -52,12 +53,19 @@ class AckWindow:
         """Give ``tag`` back to the queue (requeue) now; best effort, the channel may be gone already."""
         if self._outstanding.pop(tag, None) is None or self.closed:
             return
-        with contextlib.suppress(Exception):
-            await self._channel.basic_nack(tag, requeue=True)
+        self._nacking += 1
+        try:
+            with contextlib.suppress(Exception):
+                await self._channel.basic_nack(tag, requeue=True, wait=False)
+        finally:
+            self._nacking -= 1
 
     def flush(self) -> None:
         """Send the acks settled so far: one multiple-ack for the settled prefix, single acks past a gap."""
         self._flush = None
+        if self._nacking and not self.closed:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush)
+            return
         outstanding = self._outstanding
         highest = None
         for tag, settled in outstanding.items():

@@ -25,11 +25,12 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
 from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp.commands import Basic
 
 from thatdam_bus.errors import PublishRefused
 from thatdam_bus.transports.amqp_acks import AckWindow
@@ -232,7 +233,7 @@ class AmqpSubscription:
 
     async def _on_message(self, link: Link, queue: str, acks: AckWindow, message: DeliveredMessage) -> None:
         """The per-message path: kept free of logging, validation and allocations beyond the Delivery."""
-        tag = message.delivery.delivery_tag
+        tag = cast(Basic.Deliver, message.delivery).delivery_tag or 0
         acks.delivered(tag)
         task = asyncio.current_task()
         if task is not None:
@@ -240,13 +241,13 @@ class AmqpSubscription:
         try:
             delivery = self._delivery(message, queue)
             if BATCH_HEADER in delivery.headers:
-                await self._on_batch(link, acks, message, delivery)
+                await self._on_batch(link, acks, tag, message, delivery)
                 return
             outcome = await self._outcome(delivery)
             if outcome is ACK:
                 acks.ack(tag)
                 return
-            await self._finish(link, acks, message, delivery, outcome)
+            await self._finish(link, acks, tag, message, delivery, outcome)
         finally:
             self._inflight.discard(task)
 
@@ -262,7 +263,7 @@ class AmqpSubscription:
     def _delivery(self, message: DeliveredMessage, queue: str) -> Delivery:
         """``attempt`` = our republish count + broker redeliveries (quorum ``x-delivery-count``, else 1 if
         the classic ``redelivered`` flag is set) + 1. A republished copy shows its original routing key."""
-        frame = message.delivery
+        frame = cast(Basic.Deliver, message.delivery)
         headers = message.header.properties.headers or {}
         count = headers.get(DELIVERY_COUNT_HEADER)
         redeliveries = count if isinstance(count, int) else int(bool(frame.redelivered))
@@ -272,13 +273,14 @@ class AmqpSubscription:
         key = headers.get(ORIGINAL_KEY_HEADER) or frame.routing_key or ""
         return Delivery(str(key), message.body, headers, prior + redeliveries + 1, queue)
 
-    async def _on_batch(self, link: Link, acks: AckWindow, message: DeliveredMessage, outer: Delivery) -> None:
+    async def _on_batch(self, link: Link, acks: AckWindow, tag: int, message: DeliveredMessage,
+                        outer: Delivery) -> None:
         """Each event of a batch in order, each with its own fate; the batch message is acked once every
         event is settled (a retried or dead-lettered event is republished alone, confirmed)."""
         try:
             events = unpack(outer)
         except BatchFormatError as exc:
-            await self._finish(link, acks, message, outer, Outcome(Fate.DEAD_LETTER, f"malformed batch: {exc}"))
+            await self._finish(link, acks, tag, message, outer, Outcome(Fate.DEAD_LETTER, f"malformed batch: {exc}"))
             return
         try:
             for event in events:
@@ -290,14 +292,13 @@ class AmqpSubscription:
         except Exception as exc:
             # A republish failed: the whole batch goes back (its settled events come again: at least once).
             LOG.debug("could not settle a batch on %s: %s: %s", outer.queue, type(exc).__name__, exc)
-            await acks.nack(message.delivery.delivery_tag)
+            await acks.nack(tag)
             return
-        acks.ack(message.delivery.delivery_tag)
+        acks.ack(tag)
 
     async def _finish(
-        self, link: Link, acks: AckWindow, message: DeliveredMessage, delivery: Delivery, outcome: Outcome
+        self, link: Link, acks: AckWindow, tag: int, message: DeliveredMessage, delivery: Delivery, outcome: Outcome
     ) -> None:
-        tag = message.delivery.delivery_tag
         try:
             if outcome.fate is Fate.REQUEUE:
                 if not await self._republish_retry(link, message, delivery):

@@ -3,7 +3,8 @@
 A busy channel (frame pointers from many cameras, telemetry) pays the broker's per-message cost (frames,
 routing, a delivery, an ack) once per event. With a ``BatchPolicy`` the AMQP transport buffers the events
 whose routing key matches one of the policy's patterns and publishes them together, per routing key, when
-``max_events`` or ``max_bytes`` is reached or ``linger`` seconds after the first one, whichever comes first.
+``max_events`` or ``max_bytes`` is reached or ``linger`` seconds after the first one, whichever comes first
+(``linger=0``: at the end of the loop iteration that opened it).
 The consumer side unpacks a batch into one ``Delivery`` per event, in order, so handlers and dispatch are
 unchanged, and every event gets its own fate: a dead-lettered or retried event is republished alone, its
 neighbours are acked as usual.
@@ -56,7 +57,9 @@ class BatchPolicy:
     max_events: int = 128
     max_bytes: int = 128 * 1024
     linger: float = 0.002
-    """Seconds a batch waits for more events after its first one."""
+    """Seconds a batch waits for more events after its first one. ``0``: until the publishing task yields to
+    the event loop, so a batch is what the process published in one loop iteration (no added latency; a
+    producer that waits between events gets batches of one)."""
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -156,7 +159,10 @@ class Batcher:
     def _start(self, routing_key: str, durable: bool) -> _Open:
         loop = asyncio.get_running_loop()
         batch = _Open(durable, loop.create_future())
-        batch.timer = loop.call_later(self.policy.linger, self._expire, routing_key, batch)
+        if self.policy.linger:
+            batch.timer = loop.call_later(self.policy.linger, self._expire, routing_key, batch)
+        else:
+            loop.call_soon(self._expire, routing_key, batch)
         self._open[routing_key] = batch
         return batch
 

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,11 @@ from thatdam_bus.transports.socket_protocol import (
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 5.0
+CROWD_CHECK_S = 0.001
+"""While a publisher's target queue is past its high-water mark, its connection is not read; checked this often."""
+CROWD_PATIENCE_S = 0.05
+"""How long a crowded queue may make no progress before the publisher is read again (and the queue's own
+full-queue rule applies): a queue nobody consumes must not stall its publishers for ever."""
 
 
 class _RemoteConsumer:
@@ -87,6 +93,8 @@ class ServerConnection(FramedProtocol):
         self._consumers: dict[int, _RemoteConsumer] = {}
         self._unacked: dict[int, tuple[_RemoteConsumer, Delivery]] = {}
         self._tags = itertools.count(1)
+        self._crowd: tuple[str, int, float] | None = None
+        """(routing key, depth at the last check, when it last shrank) while reading is held for a crowd."""
         self._handlers = {OP_HELLO: self._hello, OP_PUBLISH: self._publish, OP_SUBSCRIBE: self._subscribe,
                           OP_SETTLE: self._settle, OP_CANCEL: self._cancel}
 
@@ -143,7 +151,7 @@ class ServerConnection(FramedProtocol):
         if request_id is not None:
             self.send(reply_frame(request_id))
         if crowded:
-            self._let_consumers_run()
+            self._let_consumers_run(key)
 
     def _subscribe(self, header: dict[str, Any], _body: bytes) -> None:
         request_id, sid = header["id"], header["s"]
@@ -197,10 +205,31 @@ class ServerConnection(FramedProtocol):
         if consumer.spec.kind is QueueKind.EPHEMERAL:
             self._broker.delete(consumer.queue)
 
-    def _let_consumers_run(self) -> None:
-        """A target queue is filling: stop reading this publisher for one loop iteration."""
+    def _let_consumers_run(self, routing_key: str) -> None:
+        """A target queue is filling: stop reading this publisher until its queues are back under their
+        high-water marks, so a remote consumer catches up instead of the queue dropping messages; a queue
+        that stops shrinking for ``CROWD_PATIENCE_S`` releases the publisher (nobody may be consuming it)."""
+        if self._crowd is not None:
+            return
         self.hold_reading("crowded")
-        asyncio.get_running_loop().call_soon(self.release_reading, "crowded")
+        self._crowd = (routing_key, self._depth(routing_key), time.monotonic())
+        asyncio.get_running_loop().call_soon(self._check_crowd)
+
+    def _depth(self, routing_key: str) -> int:
+        """How far past its high-water mark the most crowded target queue is (0: none is)."""
+        return max([len(q) - q.high_water for q in self._broker.route(Source.EVENTS, routing_key)], default=0)
+
+    def _check_crowd(self) -> None:
+        if self._crowd is None or self.closed:
+            return
+        routing_key, depth, shrank_at = self._crowd
+        now, current = time.monotonic(), self._depth(routing_key)
+        if current <= 0 or (current >= depth and now - shrank_at > CROWD_PATIENCE_S):
+            self._crowd = None
+            self.release_reading("crowded")
+            return
+        self._crowd = (routing_key, current, now if current < depth else shrank_at)
+        asyncio.get_running_loop().call_later(CROWD_CHECK_S, self._check_crowd)
 
 
 def _encodable(delivery: Delivery) -> Delivery:

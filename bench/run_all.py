@@ -1,0 +1,66 @@
+"""Every benchmark of docs/performance.md in one go, then the plots.
+
+    .venv/bin/python bench/run_all.py [--rounds 6] [--quick] [--only NAME ...]
+
+Needs the local RabbitMQ (``THATDAM_BENCH_AMQP_URL``, default guest on 127.0.0.1:5672) for the amqp rows.
+Each bench interleaves its baseline and ours round by round; results go to ``bench/results/``, plots to
+``docs/img/``. ``--quick`` (2 rounds, smaller counts) is a smoke test, not a measurement. Takes about 15
+minutes on a 2-core VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import amqp_batching
+import amqp_confirms
+import amqp_latency
+import amqp_throughput
+import embedded_inprocess
+import embedded_socket
+from common import Row
+
+BENCHES = {
+    "amqp_throughput": (amqp_throughput, []),
+    "amqp_confirms_quorum": (amqp_confirms, ["--queue-type", "quorum"]),
+    "amqp_confirms_classic": (amqp_confirms, ["--queue-type", "classic"]),
+    "amqp_latency": (amqp_latency, []),
+    "amqp_batching": (amqp_batching, []),
+    "embedded_inprocess": (embedded_inprocess, []),
+    "embedded_socket": (embedded_socket, []),
+}
+QUICK = {"amqp_latency": ["--seconds", "2"], "amqp_batching": ["--count", "10000", "--seconds", "2"]}
+
+
+async def main(args: argparse.Namespace) -> list[Row]:
+    rows = []
+    for name, (module, argv) in BENCHES.items():
+        if args.only and name not in args.only:
+            continue
+        extra = ["--rounds", str(2 if args.quick else args.rounds)]
+        if args.quick:
+            extra += QUICK.get(name, ["--count", "5000"])
+        print(f"== {name}", flush=True)
+        began = time.monotonic()
+        sys.argv = [f"bench/{Path(module.__file__ or name).name}", *argv, *extra]  # the row's own command
+        rows.append(await module.main(module.parse_args(sys.argv[1:])))
+        print(f"   ({time.monotonic() - began:.0f} s)", flush=True)
+    print()
+    for row in rows:
+        row.report()
+    import plots  # matplotlib only now: loaded earlier it would sit in every publisher's heap (longer GCs)
+
+    plots.main(Path(__file__).resolve().parents[1] / "docs" / "img")
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES))
+    asyncio.run(main(parser.parse_args()))
