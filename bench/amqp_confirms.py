@@ -15,7 +15,7 @@ import argparse
 import asyncio
 
 from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round, run_window
-from common import Child, Row, command_line, interleave, medians, unique_prefix
+from common import Child, Row, interleave, throughput_row, unique_prefix
 
 TARGET = 0.9
 
@@ -37,17 +37,10 @@ async def main(args: argparse.Namespace) -> Row:
     finally:
         await child.close()
         await cleanup(plan.prefix)
-    base, ours = medians(runs["raw"]), medians(runs["bus"])
-    row = Row(f"amqp_confirms_{args.queue_type}",
-              f"RabbitMQ persistent + confirms ({args.window} in flight), {args.queue_type} queue", command_line(),
-              "events/s", "events/s", base["rate"], ours["rate"], f">= {TARGET}x",
-              ours["rate"] >= TARGET * base["rate"], args.rounds,
-              extra={"count": args.count, "window": args.window, "queue_type": args.queue_type,
-                     "prefetch": args.prefetch, "baseline_medians": base, "ours_medians": ours},
-              runs=runs)
-    row.report()
-    row.save()
-    return row
+    title = f"RabbitMQ persistent + confirms ({args.window} in flight), {args.queue_type} queue"
+    return throughput_row(f"amqp_confirms_{args.queue_type}", title, runs, "raw", TARGET, args.rounds,
+                          {"count": args.count, "window": args.window, "queue_type": args.queue_type,
+                           "prefetch": args.prefetch})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

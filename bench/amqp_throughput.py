@@ -13,7 +13,7 @@ import argparse
 import asyncio
 
 from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round
-from common import Child, Row, command_line, interleave, medians, unique_prefix
+from common import Child, Row, interleave, throughput_row, unique_prefix
 
 TARGET = 0.85
 
@@ -36,15 +36,8 @@ async def main(args: argparse.Namespace) -> Row:
     finally:
         await child.close()
         await cleanup(plan.prefix)
-    base, ours = medians(runs["raw"]), medians(runs["bus"])
-    row = Row("amqp_throughput", "RabbitMQ throughput, transient, consumer in its own process", command_line(),
-              "events/s", "events/s", base["rate"], ours["rate"], f">= {TARGET}x",
-              ours["rate"] >= TARGET * base["rate"], args.rounds,
-              extra={"count": args.count, "prefetch": args.prefetch, "baseline_medians": base, "ours_medians": ours},
-              runs=runs)
-    row.report()
-    row.save()
-    return row
+    return throughput_row("amqp_throughput", "RabbitMQ throughput, transient, consumer in its own process", runs,
+                          "raw", TARGET, args.rounds, {"count": args.count, "prefetch": args.prefetch})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -146,6 +146,19 @@ class Row:
         return path
 
 
+def throughput_row(name: str, title: str, runs: dict[str, list[dict[str, Any]]], baseline: str, target: float,
+                   rounds: int, extra: dict[str, Any]) -> Row:
+    """A throughput row: medians of the baseline and of ``bus``, judged against ``target`` x the baseline's
+    rate, printed and saved. Every events/s benchmark ends here, so they all judge and record the same way."""
+    base, ours = medians(runs[baseline]), medians(runs["bus"])
+    row = Row(name, title, command_line(), "events/s", "events/s", base["rate"], ours["rate"], f">= {target}x",
+              ours["rate"] >= target * base["rate"], rounds,
+              extra={**extra, "baseline_medians": base, "ours_medians": ours}, runs=runs)
+    row.report()
+    row.save()
+    return row
+
+
 def machine() -> dict[str, Any]:
     model = "unknown CPU"
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from amqp_kit import sample_envelope
-from common import PATTERN, ROUTING_KEY, Row, Tick, command_line, interleave, median, medians
+from common import PATTERN, ROUTING_KEY, Row, Tick, interleave, median, medians, throughput_row
 
 from thatdam_bus import Role, load_settings
 from thatdam_bus.context import HandlerContext
@@ -150,20 +150,13 @@ async def main(args: argparse.Namespace) -> Row:
         "bare": lambda: bare_round(args.count, args.subscribers),
         "bus": lambda: bus_round(args.count, args.subscribers),
     }, args.rounds, show="rate,deliveries_per_s,cpu_us_per_event")
-    base, ours = medians(runs["bare"]), medians(runs["bus"])
+    base = medians(runs["bare"])
     floor = median([codec_floor(args.count // 3, args.subscribers) for _ in range(args.rounds)])
     print(f"  codec floor (envelope + encode + {args.subscribers} x decode/validate, no broker): {floor:,.0f} "
           f"events/s = {floor / base['rate']:.2f}x the bare router", flush=True)
-    row = Row("embedded_inprocess", f"Embedded broker in process, {args.subscribers} subscribers, decode + validation",
-              command_line(), "events/s", "events/s", base["rate"], ours["rate"], f">= {TARGET}x",
-              ours["rate"] >= TARGET * base["rate"], args.rounds,
-              extra={"count": args.count, "subscribers": args.subscribers, "codec_floor_rate": floor,
-                     "baseline_medians": base,
-                     "ours_medians": ours},
-              runs=runs)
-    row.report()
-    row.save()
-    return row
+    title = f"Embedded broker in process, {args.subscribers} subscribers, decode + validation"
+    return throughput_row("embedded_inprocess", title, runs, "bare", TARGET, args.rounds,
+                          {"count": args.count, "subscribers": args.subscribers, "codec_floor_rate": floor})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from amqp_kit import sample_envelope
-from common import PATTERN, ROUTING_KEY, Child, Row, Tick, command_line, interleave, medians, serve
+from common import PATTERN, ROUTING_KEY, Child, Row, Tick, interleave, serve, throughput_row
 from socket_bare import BareServer, Publisher, Subscriber, frame
 
 from thatdam_bus import Role, load_settings
@@ -164,15 +164,9 @@ async def main(args: argparse.Namespace) -> Row:
         }, args.rounds, show="rate,client_cpu_us,broker_cpu_us")
     finally:
         await child.close()
-    base, ours = medians(runs["bare"]), medians(runs["bus"])
-    row = Row("embedded_socket", "Embedded broker through its Unix socket, clients in another process",
-              command_line(), "events/s", "events/s", base["rate"], ours["rate"], f">= {TARGET}x",
-              ours["rate"] >= TARGET * base["rate"], args.rounds,
-              extra={"count": args.count, "prefetch": args.prefetch, "baseline_medians": base, "ours_medians": ours},
-              runs=runs)
-    row.report()
-    row.save()
-    return row
+    title = "Embedded broker through its Unix socket, clients in another process"
+    return throughput_row("embedded_socket", title, runs, "bare", TARGET, args.rounds,
+                          {"count": args.count, "prefetch": args.prefetch})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
