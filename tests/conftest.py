@@ -7,8 +7,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aio_pika
+import orjson
 import pytest
 
 AMQP_URL = os.environ.get("THATDAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -96,3 +98,17 @@ async def amqp_cleanup(rabbitmq: str, prefix: str) -> AsyncIterator[Callable[[st
     queues: list[str] = []
     yield queues.append
     await delete_amqp_prefix(rabbitmq, prefix, queues)
+
+
+FIGURES_FILE = os.environ.get("THATDAM_FIGURES_FILE")
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
+    """Record a measured figure: printed (``pytest -rP`` shows it) and appended to ``$THATDAM_FIGURES_FILE``."""
+    def record(name: str, value: Any) -> None:
+        print(f"FIGURE {request.node.name} {name} = {value}")
+        if FIGURES_FILE:
+            with open(FIGURES_FILE, "ab") as handle:
+                handle.write(orjson.dumps({"test": request.node.name, "name": name, "value": value}) + b"\n")
+    return record

@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ import pytest
 from tests.cluster.harness import Cluster
 from tests.cluster.terms import violations
 
-FIGURES_FILE = os.environ.get("THATDAM_FIGURES_FILE")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,15 +33,6 @@ async def cluster(rabbitmq: str, redis_url: str, prefix: str, tmp_path: Path) ->
         await group.aclose()
 
 
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
-    """Record a measured figure: printed (``pytest -rP`` shows it) and appended to ``$THATDAM_FIGURES_FILE``."""
-    def record(name: str, value: Any) -> None:
-        print(f"FIGURE {request.node.name} {name} = {value}")
-        if FIGURES_FILE:
-            with open(FIGURES_FILE, "ab") as handle:
-                handle.write(orjson.dumps({"test": request.node.name, "name": name, "value": value}) + b"\n")
-    return record
 
 
 class FileWatcher:

@@ -6,11 +6,9 @@ Redis key's own expiry (sampled with PTTL by the test) is the reference for "bef
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,6 +16,7 @@ import pytest
 from tests.cluster.conftest import FileWatcher
 from tests.cluster.harness import TTL_S, Cluster, ClusterNode
 from tests.cluster.terms import claims_leadership
+from tests.lease_watch import key_expiry
 from tests.support import wait_until
 from tests.tcp_proxy import TcpProxy
 
@@ -39,36 +38,12 @@ async def proxied_trio(cluster: Cluster) -> tuple[dict[str, TcpProxy], ClusterNo
     return proxies, cluster.by_id(elected.data["node_id"]), elected.data["epoch"]
 
 
-@asynccontextmanager
-async def key_expiry(cluster: Cluster, value: str) -> AsyncIterator[list[tuple[float, float]]]:
-    """Samples (taken at, expires at) of the leader key holding ``value``, on the test clock (PTTL + the
-    middle of the round trip)."""
-    samples: list[tuple[float, float]] = []
-    key = f"{cluster.prefix}:default:leader"
-
-    async def sample() -> None:
-        while True:
-            before = time.monotonic()
-            async with cluster.redis.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                current, pttl = await pipe.execute()
-            if current is not None and current.decode() == value and pttl > 0:
-                taken = (before + time.monotonic()) / 2
-                samples.append((taken, taken + pttl / 1000))
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield samples
-    finally:
-        task.cancel()
 
 
 async def test_leader_cut_from_redis_resigns_before_its_lease_expires(cluster: Cluster, file_watch: FileWatcher,
                                                                      figure: Figure) -> None:
     proxies, leader, epoch = await proxied_trio(cluster)
-    async with key_expiry(cluster, f"{leader.node_id}:{epoch}") as expiries:
+    async with key_expiry(cluster.redis, f"{cluster.prefix}:default:leader", f"{leader.node_id}:{epoch}") as expiries:
         await wait_until(lambda: len(expiries) > 5, 2, "PTTL samples")
         cut_at = time.monotonic()
         proxies[leader.node_id].cut()

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import figure  # noqa: F401  (the shared fixture)
 from tests.cluster.terms import violations
 from tests.multihost.harness import MultiHostCluster
 from tests.multihost.netbed import NetBed, require_netns

@@ -8,16 +8,14 @@ in the same epoch, nor at the same time: checked on each host's node log here an
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.cluster.harness import RENEW_S, TTL_S
+from tests.lease_watch import key_expiry
 from tests.multihost.harness import LoggedTerm, MultiHostCluster, leadership_terms, wait_line
 from tests.support import wait_until
 
@@ -25,29 +23,6 @@ pytestmark = pytest.mark.broker
 Figure = Callable[[str, Any], None]
 
 
-@asynccontextmanager
-async def key_expiry(bed: MultiHostCluster, value: str) -> AsyncIterator[list[tuple[float, float]]]:
-    """Samples (taken at, expires at) of the leader key while it holds ``value``, on the test clock."""
-    samples: list[tuple[float, float]] = []
-    key = f"{bed.prefix}:{bed.cluster_name}:leader"
-
-    async def sample() -> None:
-        while True:
-            before = time.monotonic()
-            async with bed.redis.pipeline(transaction=True) as pipe:
-                pipe.get(key)
-                pipe.pttl(key)
-                current, pttl = await pipe.execute()
-            if current is not None and current.decode() == value and pttl > 0:
-                taken = (before + time.monotonic()) / 2
-                samples.append((taken, taken + pttl / 1000))
-            await asyncio.sleep(0.01)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield samples
-    finally:
-        task.cancel()
 
 
 def overlapping(terms: list[LoggedTerm]) -> list[str]:
@@ -69,7 +44,8 @@ async def test_partitioned_leader_steps_down_and_rejoins_as_worker(bed: MultiHos
     leader = bed.by_id(elected.data["node_id"])
     await bed.settled(leader.node_id)
 
-    async with key_expiry(bed, f"{leader.node_id}:{epoch}") as expiries:
+    leader_key = f"{bed.prefix}:{bed.cluster_name}:leader"
+    async with key_expiry(bed.redis, leader_key, f"{leader.node_id}:{epoch}") as expiries:
         await wait_until(lambda: len(expiries) > 5, 3, "PTTL samples of the leader key")
         cut_at = bed.net.unplug(bed.host_of(leader))
         successor = await bed.elected(after_epoch=epoch, since=cut_at, timeout=TTL_S * 3)

@@ -3,32 +3,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
 from tests.conftest import ON_CI
 from tests.reliability.private_broker import PrivateBroker, find_server
 from tests.transports.conftest import kit  # every transport, for the limits tests
 
-__all__ = ["figure", "kit", "private_broker"]
-
-FIGURES_FILE = os.environ.get("THATDAM_FIGURES_FILE")
+__all__ = ["kit", "private_broker"]
 
 
-@pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
-    """Record a measured figure: printed (``pytest -rP`` shows it) and appended to ``$THATDAM_FIGURES_FILE``."""
-    def record(name: str, value: Any) -> None:
-        print(f"FIGURE {request.node.name} {name} = {value}")
-        if FIGURES_FILE:
-            with open(FIGURES_FILE, "ab") as handle:
-                handle.write(orjson.dumps({"test": request.node.name, "name": name, "value": value}) + b"\n")
-    return record
+
 
 
 @pytest.fixture
