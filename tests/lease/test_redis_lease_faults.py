@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -56,7 +57,7 @@ class Cluster:
         self.redis_url, self.prefix = redis_url, prefix
         self.leases: list[Lease] = []
 
-    def keeper(self, node_id: str, url: str | None = None, **options: bool) -> tuple[LeaseKeeper, Recorder]:
+    def keeper(self, node_id: str, url: str | None = None, **options: Any) -> tuple[LeaseKeeper, Recorder]:
         lease = open_lease(url or self.redis_url, key_prefix=self.prefix, node_id=node_id, ttl_s=TTL_S)
         self.leases.append(lease)
         recorder = Recorder()
@@ -213,3 +214,26 @@ async def test_shutdown_with_hung_redis_still_steps_down_promptly(cluster: Clust
     print(f"shutdown on a hung Redis: stepped down and exited in {took:.3f}s (op timeout {TTL_S / 4}s)")
     assert isinstance(a_log.events[-1][1], SteppedDown) and a_log.events[-1][0] - t_exit < 0.05
     assert took < TTL_S / 4 + SLACK_S
+
+
+async def test_failing_renew_raises_trouble_while_trusted_and_exit_ends_the_term_without_release(
+        cluster: Cluster, proxy: TcpProxy, redis_url: str) -> None:
+    """The node's partition check hangs on ``on_trouble``: it must fire on the first failed renew, while the
+    lease is still trusted (so there is time to reach solo before expiry). Cancelled with ``release_on_exit``
+    false, the keeper still reports the end of its term, and leaves the key to expire (no release attempt)."""
+    troubles: list[bool] = []  # was the lease still trusted when trouble was raised?
+    keepers: list[LeaseKeeper] = []
+    a, a_log = cluster.keeper("a", proxy.url(), on_trouble=lambda: troubles.append(keepers[0].is_leader))
+    keepers.append(a)
+    async with asyncio.TaskGroup() as group:
+        task = group.create_task(a.run())
+        await wait_until(lambda: a.is_leader, 5, "a to lead")
+        proxy.stall()
+        await wait_until(lambda: bool(troubles), TTL_S, "a failed renew to raise trouble")
+        assert troubles[0], "trouble came only after the lease stopped being trusted"
+        a.release_on_exit = False
+        task.cancel()
+    ended = [s for _, s in a_log.events if isinstance(s, SteppedDown)]
+    assert [s.reason for s in ended] == ["exit without release"]
+    async with aioredis.Redis.from_url(redis_url) as client:
+        assert await client.get(f"{cluster.prefix}:leader") is not None, "the key was released anyway"

@@ -1,8 +1,9 @@
 """A real partition: the leader's host is unplugged from the network (its switch port goes down).
 
 The remaining hosts elect a new leader at a higher epoch within ttl + renew period; the old leader steps down
-before its lease could have expired (the Redis key's own expiry, sampled with PTTL from the root namespace, is
-the reference), then falls back to solo; plugged in again it rejoins as a worker, by itself. No two nodes lead
+and is solo before its lease could have expired (the Redis key's own expiry, sampled with PTTL from the root
+namespace, is the reference: the node sees its lease backend fail, finds the broker gone too, and gives the
+link up at once); plugged in again it rejoins as a worker, by itself. No two nodes lead
 in the same epoch, nor at the same time: checked on each host's node log here and on the event log at teardown.
 """
 
@@ -59,6 +60,8 @@ async def test_partitioned_leader_steps_down_and_rejoins_as_worker(bed: MultiHos
 
     solo = await wait_line(leader, f"node {leader.node_id} up as solo", since=cut_at, timeout=30)
     figure("old_leader_solo_after_cut_s", round(solo.at - cut_at, 3))
+    figure("old_leader_solo_before_key_expiry_s", round(expires_at - solo.at, 3))
+    assert solo.at < expires_at, "the old leader reached solo only after its lease could have expired"
 
     healed_at = bed.net.plug(bed.host_of(leader))
     rejoined = await bed.log.first(f"node.{leader.node_id}.joined", since=healed_at, timeout=20, role="worker")

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ON_CI
 from tests.support import Collector, wait_until
+from tests.tcp_proxy import TcpProxy
 from thatdam_bus.errors import TransportUnavailable
 from thatdam_bus.transports.amqp import AmqpTransport
 from thatdam_bus.transports.base import QueueKind, QueueSpec
@@ -125,3 +126,37 @@ async def test_first_connect_fails_fast_when_broker_is_unreachable() -> None:
         await bus.start()
     assert time.monotonic() - started < 3.0
     await bus.aclose()
+
+
+async def test_an_abandoned_transport_waits_for_nothing_on_a_dead_link(
+    rabbitmq: str, amqp_cleanup: Callable[[str], None], prefix: str, figure: Callable[[str, object], None]
+) -> None:
+    """A partition (the proxy stalls: no byte passes, no connection closes): after ``abandon`` publishes fail
+    at once, nothing reconnects, and ``aclose`` is bounded by the retire deadline, not by one confirm deadline
+    per consumer (here 3 x 5 s) as a graceful close on a dead link would be."""
+    for name in ("a", "b", "c"):
+        amqp_cleanup(f"{prefix}.{name}")
+    async with TcpProxy("127.0.0.1", 5672) as proxy:
+        bus = AmqpTransport(proxy.url("amqp", "/"), prefix=prefix, connect_timeout=1.0, confirm_timeout=5.0)
+        await bus.start()
+        try:
+            work = Collector()
+            for name in ("a", "b", "c"):
+                await bus.subscribe(QueueSpec(("intent.#",), kind=QueueKind.DURABLE, name=name), work)
+            await bus.publish("intent.capture.start", b"before", durable=True)
+            await wait_until(lambda: len(work.bodies) == 3, 10, "the event on three queues")
+            proxy.stall()
+            bus.abandon()
+            assert not bus.connected
+            began = time.monotonic()
+            for durable in (False, True):
+                with pytest.raises(TransportUnavailable):
+                    await bus.publish("intent.capture.stop", b"after", durable=durable)
+            figure("publish_fails_after_abandon_s", round(time.monotonic() - began, 3))
+            assert time.monotonic() - began < 0.5
+        finally:
+            began = time.monotonic()
+            await bus.aclose()
+            closed_in = time.monotonic() - began
+    figure("aclose_after_abandon_s", round(closed_in, 3))
+    assert closed_in < 1.0 + 0.5, "closing an abandoned transport waited on the dead link"

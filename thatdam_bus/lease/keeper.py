@@ -9,8 +9,14 @@ deadline no later than the end of trust, so a hung Redis cannot keep a stale lea
 A follower told (by the bus) that the holder resigned (``holder_resigned``) contends at once and polls quickly
 until the release lands, so a graceful handover does not wait for a retry period.
 
-``run()`` is a coroutine for the owner's ``TaskGroup``; cancelling it releases the lease (compare-and-delete)
-unless ``release_on_exit`` is false, so a standby takes over at once after a graceful shutdown.
+``run()`` is a coroutine for the owner's ``TaskGroup``; cancelling it ends a held term (reported as
+``SteppedDown``) and releases the lease (compare-and-delete), so a standby takes over at once after a graceful
+shutdown; with ``release_on_exit`` false (the backend is known to be out of reach, or a crash is simulated) the
+release is skipped and the key expires by itself.
+
+Every failed backend call is also told to ``on_trouble``: a node whose lease backend stops answering checks
+at once whether it lost its whole network (then it falls back to solo before its lease could expire) instead
+of waiting for its own broker connection to notice.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ class LeaseKeeper:
     while it runs the keeper is not renewing)."""
 
     def __init__(self, lease: Lease, on_change: OnLeaseChange | None = None, *, renew_s: float | None = None,
-                 retry_s: float | None = None, release_on_exit: bool = True) -> None:
+                 retry_s: float | None = None, release_on_exit: bool = True,
+                 on_trouble: Callable[[], None] | None = None) -> None:
         self.lease = lease
         self.renew_s = renew_s if renew_s is not None else lease.ttl_s / 3
         self.retry_s = retry_s if retry_s is not None else lease.ttl_s / 3
@@ -90,6 +97,7 @@ class LeaseKeeper:
                               f"({lease.validity_s}) and retry_s > 0 ({self.retry_s})")
         self.release_on_exit = release_on_exit
         self._on_change = on_change or _ignore
+        self._on_trouble = on_trouble or (lambda: None)
         self.state: LeaseState = Unknown("not started")
         self._reported = False  # the first outcome is always reported, even "unknown"
         self._resigned_epoch = 0
@@ -113,7 +121,7 @@ class LeaseKeeper:
         self._wake.set()
 
     async def run(self) -> None:
-        """Keep contending until cancelled; on the way out release a held lease (``release_on_exit``)."""
+        """Keep contending until cancelled; on the way out end a held term (released if ``release_on_exit``)."""
         try:
             while True:
                 _raise_if_cancel_requested()
@@ -122,14 +130,14 @@ class LeaseKeeper:
                     await self._hold(epoch)
         finally:
             await self._settle_interrupted_acquire()
-            if self.release_on_exit:
-                await self._resign()
+            await self._resign()
 
     async def _contend(self) -> int | None:
         """One acquire attempt; returns our epoch when granted, else reports and waits for the next try."""
         try:
             got = await self._acquire()
         except LeaseUnavailable as exc:
+            self._on_trouble()
             await self._report(Unknown(str(exc)))
             await asyncio.sleep(self.retry_s)
             return None
@@ -193,6 +201,7 @@ class LeaseKeeper:
                     kept = await self.lease.renew()
             except LeaseUnavailable as exc:
                 last_error = exc
+                self._on_trouble()
                 log.warning("lease renew at epoch %d failed, %.2fs of trust left: %s",
                             epoch, self.lease.remaining(), exc)
                 continue
@@ -208,19 +217,22 @@ class LeaseKeeper:
             return max(0.0, min(self.renew_s / 2, remaining))
         return max(0.0, remaining - (self.lease.validity_s - self.renew_s))
 
-    async def _step_down(self, epoch: int, reason: str) -> None:
+    async def _step_down(self, epoch: int, reason: str, *, release: bool = True) -> None:
         """Report first (the node must stop acting now, even if Redis hangs), then compare-and-delete the
         lease so the next leader need not wait for its ttl."""
         await self._report(SteppedDown(epoch, reason))
+        if not release:
+            return
         try:
             await self.lease.release()
         except LeaseUnavailable as exc:
             log.info("release after stepping down at epoch %d failed: %s", epoch, exc)
 
     async def _resign(self) -> None:
-        """Graceful exit while leading: step down and release, so a standby takes over at once."""
+        """Exit while leading: step down, and release so a standby takes over at once (``release_on_exit``)."""
         if isinstance(self.state, Leader):
-            await self._step_down(self.state.epoch, "shutdown")
+            reason = "shutdown" if self.release_on_exit else "exit without release"
+            await self._step_down(self.state.epoch, reason, release=self.release_on_exit)
 
     async def _report(self, state: LeaseState) -> None:
         if state == self.state and self._reported:

@@ -19,7 +19,7 @@ from thatdam_bus.discovery.records import Endpoints, cloud_endpoints
 from thatdam_bus.lease import open_lease
 from thatdam_bus.lease.base import Lease
 from thatdam_bus.transports import connect_amqp
-from thatdam_bus.transports.base import Transport
+from thatdam_bus.transports.base import NetworkTransport, Transport
 
 log = logging.getLogger("thatdam_bus.node.link")
 REDIS_PROBE_TIMEOUT_S = 1.0
@@ -32,6 +32,15 @@ class Link:
     solo: bool
     settings: Settings
     """The settings it was opened with: their endpoints may have been found by discovery."""
+    abandoned: bool = False
+    """Given up as out of reach: the next link is solo at once, and closing this one waits for nobody."""
+
+    def abandon(self) -> None:
+        """The infrastructure is out of reach: stop waiting on it, so the node reaches solo before its lease
+        could expire. ``aclose`` then only retires what is left, under its own deadlines."""
+        self.abandoned = True
+        if isinstance(self.transport, NetworkTransport):
+            self.transport.abandon()
 
     async def aclose(self) -> None:
         if self.lease is not None:

@@ -64,15 +64,21 @@ class Node:
         """Run sessions until stopped: cluster when the infrastructure is reachable, else solo."""
         remove_cluster_file(self.settings.state_dir)
         try:
-            async with open_discovery(self.settings, self.node_id) as self.discovery:
+            async with open_discovery(self.settings, self.node_id) as self.discovery, \
+                    asyncio.TaskGroup() as retiring:
                 if self.settings.amqp_url is None:
                     await self.discovery.wait_for_endpoints(DISCOVERY_GRACE_S)
+                lost = False
                 while not self._stop.is_set():
-                    link = await self._open_link()
+                    link = await self._solo_link() if lost else await self._open_link()
                     try:
                         reason = await self._run_session(link)
                     finally:
-                        await link.aclose()
+                        lost = link.abandoned
+                        if lost:  # its deadlines must not delay solo: retired alongside the next session
+                            retiring.create_task(_retire(link), name="thatdam-retire-link")
+                        else:
+                            await link.aclose()
                     log.info("session ended: %s", reason)
         finally:
             log.info("node %s stopped", self.node_id)
@@ -91,6 +97,12 @@ class Node:
         if forwarded:
             log.info("joined the cluster with %d durable events from solo time", forwarded)
         return link
+
+    async def _solo_link(self) -> Link:
+        """Straight to solo after the infrastructure was lost (probing it again now would only time out);
+        the solo session keeps probing and joins again by itself."""
+        self.discovery.use(None, None)
+        return await solo_link(self.link_settings(), self.node_id)
 
     async def _run_session(self, link: Link) -> str:
         session = Session(link.settings, self.node_id, link, self.services, self._heartbeats,
@@ -117,6 +129,14 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.node_id} session={self.session!r}>"
+
+
+async def _retire(link: Link) -> None:
+    """Close an abandoned link; whatever its dead connection raises is logged, never fatal to the node."""
+    try:
+        await link.aclose()
+    except Exception as exc:
+        log.info("closing the abandoned link ended in %r", exc)
 
 
 def install_signal_handlers(node: Node) -> None:

@@ -11,6 +11,7 @@ epoch; the leader then announces its term again, so every node's cluster.json na
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,15 +31,18 @@ from thatdam_bus.node.cluster_view import cluster_view
 from thatdam_bus.node.core_services import CORE_SERVICES, Registry, membership
 from thatdam_bus.node.heartbeat import HeartbeatSource
 from thatdam_bus.node.leadership import LeaderTracker
-from thatdam_bus.node.link import Link, cluster_available
+from thatdam_bus.node.link import Link, cluster_available, tcp_reachable
 from thatdam_bus.node.roles import RoleFacts, compute_role, contests_lease
 from thatdam_bus.node.services import HandlerHost
 from thatdam_bus.outbox import outbox_for
 from thatdam_bus.publisher import Bus, Journal
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import Service
+from thatdam_bus.transports.base import NetworkTransport
 
 log = logging.getLogger("thatdam_bus.node.session")
+BROKER_PROBE_MIN_S, BROKER_PROBE_MAX_S = 0.2, 1.0
+"""Bounds of the TCP probe of the broker after a lease backend failure (ttl / 8 within them)."""
 
 
 class Session:
@@ -69,7 +73,10 @@ class Session:
                                 verifier=verifier,
                                 settings=settings, fence=self.fence)
         contest = link.lease is not None and contests_lease(settings.role)
-        self.keeper = LeaseKeeper(link.lease, self._on_lease_change) if contest and link.lease else None
+        self._lease_trouble = asyncio.Event()
+        self._ending = False
+        self.keeper = (LeaseKeeper(link.lease, self._on_lease_change, on_trouble=self._lease_trouble.set)
+                       if contest and link.lease else None)
         self.role = self._computed_role()
         self.health = NodeHealth(self.bus)
 
@@ -117,7 +124,13 @@ class Session:
 
     async def _on_lease_change(self, state: LeaseState) -> None:
         """Announce, then change role; cluster.json is written once at the end, so no reader ever sees a
-        half-applied change (e.g. itself as leader while its role still says worker)."""
+        half-applied change (e.g. itself as leader while its role still says worker). A session ending on a
+        lost link only records the end of its term: there is nobody to announce it to, and the next session
+        (solo) applies the next role."""
+        if self._ending:
+            if isinstance(state, SteppedDown):
+                log.warning("stepped down at epoch %d: %s (link lost)", state.epoch, state.reason)
+            return
         self._hold_writes = True
         try:
             await self._apply_lease_change(state)
@@ -239,21 +252,52 @@ class Session:
                              topics.node_membership(node_id, "lost"))
 
     async def _watch_link(self) -> str:
-        """Solo: probe for the infrastructure. Cluster: fall back to solo when the broker stays unreachable."""
+        """Solo: probe for the infrastructure. Cluster: fall back to solo when the broker is out of reach."""
+        if self.link.solo:
+            while True:
+                await asyncio.sleep(self.settings.probe_interval)
+                if await cluster_available(self._probe()):
+                    return "infrastructure appeared: joining the cluster"
+        reason = await self._link_lost()
+        self._give_up_link()
+        return reason
+
+    async def _link_lost(self) -> str:
+        """Returns once the broker is out of reach: at once when the lease backend fails and the broker does
+        not accept a TCP connection either (a partition: the node must be solo before its lease could expire),
+        or when the broker connection stays down for a ttl (recovery had its chance)."""
         fallback_after = self.settings.lease_ttl
         down_since: float | None = None
         while True:
-            await asyncio.sleep(self.settings.probe_interval)
-            if self.link.solo:
-                if await cluster_available(self._probe()):
-                    return "infrastructure appeared: joining the cluster"
-                continue
-            if getattr(self.link.transport, "connected", True):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.probe_interval):
+                    await self._lease_trouble.wait()
+            if self._lease_trouble.is_set():
+                self._lease_trouble.clear()
+                if not await self._broker_answers():
+                    return "lease backend and broker both out of reach: falling back to solo"
+            transport = self.link.transport
+            if not isinstance(transport, NetworkTransport) or transport.connected:
                 down_since = None
             elif down_since is None:
                 down_since = time.monotonic()
             elif time.monotonic() - down_since > fallback_after:
                 return f"broker unreachable for {fallback_after:.1f}s: falling back to solo"
+
+    async def _broker_answers(self) -> bool:
+        """One TCP connect to the broker with a short deadline (a connect is answered by the peer's kernel,
+        however busy RabbitMQ is, so a slow answer on a LAN means no answer)."""
+        url = self.link.settings.amqp_url
+        timeout_s = min(BROKER_PROBE_MAX_S, max(BROKER_PROBE_MIN_S, self.settings.lease_ttl / 8))
+        return url is None or await tcp_reachable(str(url), timeout_s)
+
+    def _give_up_link(self) -> None:
+        """Stop waiting on the lost link before the session's duties are cancelled: the keeper ends its term
+        without a release (Redis is out of reach), and nothing waits for the broker while the session ends."""
+        self._ending = True
+        if self.keeper is not None:
+            self.keeper.release_on_exit = False
+        self.link.abandon()
 
     def __repr__(self) -> str:
         mode = "solo" if self.link.solo else "cluster"

@@ -101,6 +101,7 @@ class AmqpTransport:
         )
         self._batcher = Batcher(batch, self._send_batch) if batch is not None else None
         self._closed = False
+        self._abandoned = False
 
     @property
     def connection_name(self) -> str:
@@ -188,12 +189,22 @@ class AmqpTransport:
                 for subscription in list(self._subscriptions)
                 if subscription.spec.kind is QueueKind.DURABLE and not subscription.cancelled}
 
+    def abandon(self) -> None:
+        """The broker is out of reach (a partition): from now on nothing here waits for it. Publishes fail at
+        once, nothing reconnects, every subscription is dropped without a round trip; ``aclose`` then only
+        retires the dead connection under its deadline. A node moving to solo calls this first, so it is not
+        held up by one broker deadline per consumer."""
+        self._abandoned = True
+        self._supervisor.abandon()
+        for subscription in list(self._subscriptions):
+            subscription.abandon()
+
     async def aclose(self) -> None:
         """Cancel every subscription (each bounded by its own deadline) and disconnect. Idempotent."""
         if self._closed:
             return
         if self._batcher is not None:
-            await self._batcher.aclose(self._connect_timeout + self._confirm_timeout)
+            await self._batcher.aclose(0.0 if self._abandoned else self._connect_timeout + self._confirm_timeout)
         self._closed = True
         for subscription in list(self._subscriptions):
             await subscription.cancel()

@@ -196,6 +196,20 @@ class AmqpSubscription:
             return
         LOG.error("QUEUE %s HAS NO CONSUMER from this node until the next reconnect", self._name)
 
+    def abandon(self) -> None:
+        """Forget the consumer without a word to the broker, which is out of reach: in-flight callbacks are
+        cancelled (their acks could not be delivered) and the broker redelivers their messages elsewhere once
+        it notices the connection is gone. The channel dies with the connection."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._on_cancel(self)
+        if self._repair is not None:
+            self._repair.cancel()
+        for task in self._inflight - {asyncio.current_task()}:
+            task.cancel()
+        self._link = self._channel = self._queue = self._tag = self._underlay = self._acks = None
+
     async def cancel(self) -> None:
         """Stop deliveries, let in-flight callbacks settle (bounded), then close the channel."""
         if self.cancelled:

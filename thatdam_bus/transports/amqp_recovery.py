@@ -54,6 +54,7 @@ class Supervisor:
         self._restore_timeout = restore_timeout
         self._retire_timeout = retire_timeout
         self._link: Link | None = None
+        self._abandoned: Link | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.state = LinkState.NEW
@@ -132,14 +133,21 @@ class Supervisor:
             return None
         return link
 
-    async def aclose(self) -> None:
+    def abandon(self) -> None:
+        """The broker is out of reach: from now on ``current`` fails at once and nothing reconnects.
+        ``aclose`` still retires the connection (bounded), off the caller's critical path."""
         self.state = LinkState.CLOSED
         if self._task is not None:
             self._task.cancel()
+        self._abandoned, self._link = self._link, None
+        self._ready.set()
+
+    async def aclose(self) -> None:
+        self.abandon()
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        link, self._link = self._link, None
-        self._ready.set()
+        link, self._abandoned = self._abandoned, None
         if link is not None:
             await retire(link.broker, self._retire_timeout)

@@ -63,6 +63,9 @@ class Delivery:
     headers: Mapping[str, Any] = field(default_factory=dict)
     attempt: int = 1
     queue: str = ""
+    shared: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
+    """Scratch space common to every copy of one published message that a broker fanned out in this process
+    (None otherwise): dispatch keeps the decoded event there, so subscribers of one model decode it once."""
 
 
 class Fate(StrEnum):
@@ -158,3 +161,15 @@ class Transport(Protocol):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
+
+
+@runtime_checkable
+class NetworkTransport(Transport, Protocol):
+    """A transport whose broker is across a network, which it can lose: the node watches ``connected`` and,
+    once it knows the broker is out of reach, ``abandon``s it (nothing waits for the broker after that; the
+    ``aclose`` that follows only retires the dead connection) and moves to solo."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def abandon(self) -> None: ...
