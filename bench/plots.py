@@ -25,7 +25,9 @@ BASE, OURS = "#8a8f98", "#2f6fdf"
 
 
 ORDER = ["amqp_throughput", "amqp_confirms_quorum", "amqp_confirms_classic", "amqp_latency", "amqp_batching",
-         "embedded_inprocess", "embedded_socket"]
+         "embedded_inprocess", "embedded_socket", "failover_sigkill_ttl2", "failover_sigkill_ttl5",
+         "handover_sigterm_ttl5", "membership_view", "membership_lost", "membership_cpu", "frames_fps5",
+         "frames_keyframes", "frames_latency", "idle_rss", "idle_cpu"]
 
 
 def load() -> list[dict[str, Any]]:
@@ -81,6 +83,44 @@ def latency(row: dict[str, Any], out: Path) -> None:
     _save(fig, out / f"{row['name']}.png")
 
 
+def trials(row: dict[str, Any], out: Path) -> None:
+    """Failover/handover: every trial's seconds from the signal to the next leader, the ttl and the limit."""
+    delays = [run["delay_s"] for run in row["runs"]["trials"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.scatter(range(1, len(delays) + 1), delays, color=OURS, s=18, zorder=3, label="trial")
+    ax.axhline(row["baseline"], color=BASE, linewidth=1, label=f"lease ttl {row['baseline']:g} s (baseline)")
+    ax.axhline(row["extra"]["limit_s"], color="#c0392b", linestyle="--", linewidth=1,
+               label=f"target: max <= {row['extra']['limit_s']:.2f} s")
+    ax.set_ylim(0, max(row["baseline"], row["extra"]["limit_s"], *delays) * 1.1)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("signal -> next leader elected (s)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{row['title']}\nmax {row['ours']:.3f} s, p50 {row['extra']['p50_s']:.3f} s, "
+                 f"{'met' if row['passed'] else 'missed'}", fontsize=10)
+    _save(fig, out / f"{row['name']}.png")
+
+
+def budget(row: dict[str, Any], out: Path) -> None:
+    """A figure without a baseline against its budget (the row's baseline); RSS also over time."""
+    samples = row["extra"].get("rss_samples_mb") if row["name"] == "idle_rss" else None
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if samples:
+        ax.plot(range(len(samples)), samples, color=OURS, label="VmRSS, sampled every second")
+        ax.set_xlabel("seconds into the window")
+        ax.set_ylim(0, row["baseline"] * 1.15)
+    else:
+        ax.bar(0, row["ours"], color=OURS, alpha=0.75, width=0.5)
+        ax.annotate(f"{row['ours']:,.3g} {row['unit']}", (0, row["ours"]), ha="center", va="bottom", fontsize=9)
+        ax.set_xticks([0], [row["metric"]])
+        ax.set_xlim(-1, 1)
+    ax.axhline(row["baseline"], color="#c0392b", linestyle="--", linewidth=1,
+               label=f"budget {row['baseline']:g} {row['unit']} ({row['target']})")
+    ax.set_ylabel(row["unit"])
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{row['title']}\n{_verdict(row)}", fontsize=10)
+    _save(fig, out / f"{row['name']}.png")
+
+
 def _verdict(row: dict[str, Any]) -> str:
     return f"ratio {row['ratio']:.2f}x, {'met' if row['passed'] else 'missed'}"
 
@@ -101,7 +141,7 @@ def summary(rows: list[dict[str, Any]], out: Path) -> None:
     ticks = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20]
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlim(0.08, 40)
+    ax.set_xlim(min([0.08, *(row["ratio"] / 2 for row in rows)]), 40)
     ax.set_xlabel("ours / baseline in the same run (log scale; black tick = target)")
     _save(fig, out / "summary.png")
 
@@ -126,11 +166,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| benchmark | command | baseline (same run) | ours | ratio | target | verdict | plot |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
-        unit = " ms" if row["unit"] == "ms" else "/s"
-        ours = f"{row['ours']:,.2f}{unit}" if row["unit"] == "ms" else f"{row['ours']:,.0f}{unit}"
+        unit = "/s" if row["unit"].endswith("/s") else f" {row['unit']}"
+        ours = f"{row['ours']:,.0f}{unit}" if unit == "/s" else f"{row['ours']:,.2f}{unit}"
         if row["name"] == "amqp_batching":
             ours += f"; p99 {row['extra']['load_p99_ms']:.1f} ms at {row['extra']['load_events_per_s']:,.0f}/s"
-        base = f"{row['baseline']:,.2f}{unit}" if row["unit"] == "ms" else f"{row['baseline']:,.0f}{unit}"
+        base = f"{row['baseline']:,.0f}{unit}" if unit == "/s" else f"{row['baseline']:,.2f}{unit}"
         command = row["command"].replace(".venv/bin/python ", "")
         lines.append(f"| {row['title']} | `{command}` | {base} | {ours} | {row['ratio']:.2f}x | {row['target']} "
                      f"| {'met' if row['passed'] else '**missed**'} | [png](img/{row['name']}.png) |")
@@ -141,7 +181,11 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = load()
     for row in rows:
-        if row["unit"] == "ms":
+        if row["name"].startswith(("failover_", "handover_")):
+            trials(row, out)
+        elif row["name"].startswith(("membership_", "idle_")):
+            budget(row, out)
+        elif row["unit"] == "ms":
             latency(row, out)
         else:
             rates(row, out)

@@ -4,8 +4,8 @@
 
 Needs the local RabbitMQ (``THATDAM_BENCH_AMQP_URL``, default guest on 127.0.0.1:5672) for the amqp rows.
 Each bench interleaves its baseline and ours round by round; results go to ``bench/results/``, plots to
-``docs/img/``. ``--quick`` (2 rounds, smaller counts) is a smoke test, not a measurement. Takes about 15
-minutes on a 2-core VM.
+``docs/img/``. ``--quick`` (2 rounds, smaller counts) is a smoke test, not a measurement. Takes about 22
+minutes on a 2-core VM (the failover, membership, frames and idle rows take about 7 of them).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ import amqp_latency
 import amqp_throughput
 import embedded_inprocess
 import embedded_socket
+import failover_bench
+import frames_bench
+import idle_bench
+import membership_bench
+import recorder_bench
 from common import Row
 
 BENCHES = {
@@ -32,8 +37,20 @@ BENCHES = {
     "amqp_batching": (amqp_batching, []),
     "embedded_inprocess": (embedded_inprocess, []),
     "embedded_socket": (embedded_socket, []),
+    # Real `thatdam up` processes on RabbitMQ + Redis; one entry per ttl, so each stays under two minutes.
+    "failover_sigkill_ttl2": (failover_bench, ["--ttl", "2"]),
+    "failover_sigkill_ttl5": (failover_bench, ["--ttl", "5"]),
+    "handover_sigterm_ttl5": (failover_bench, ["--signal", "term", "--ttl", "5"]),
+    "membership": (membership_bench, []),
+    "frames": (frames_bench, []),
+    "idle": (idle_bench, []),
+    "recorder_confirms": (recorder_bench, ["--mode", "confirms"]),
+    "recorder_transient": (recorder_bench, ["--mode", "transient"]),
 }
-QUICK = {"amqp_latency": ["--seconds", "2"], "amqp_batching": ["--count", "10000", "--seconds", "2"]}
+QUICK = {"amqp_latency": ["--seconds", "2"], "amqp_batching": ["--count", "10000", "--seconds", "2"],
+         "failover_sigkill_ttl2": ["--trials", "3"], "failover_sigkill_ttl5": ["--trials", "3"],
+         "handover_sigterm_ttl5": ["--trials", "3"], "membership": ["--nodes", "200", "--lose", "10", "--seconds", "5"],
+         "frames": ["--seconds", "10", "--paced-seconds", "5"], "idle": ["--seconds", "10"]}
 
 
 async def main(args: argparse.Namespace) -> list[Row]:
@@ -47,7 +64,8 @@ async def main(args: argparse.Namespace) -> list[Row]:
         print(f"== {name}", flush=True)
         began = time.monotonic()
         sys.argv = [f"bench/{Path(module.__file__ or name).name}", *argv, *extra]  # the row's own command
-        rows.append(await module.main(module.parse_args(sys.argv[1:])))
+        result = await module.main(module.parse_args(sys.argv[1:]))
+        rows.extend(result if isinstance(result, list) else [result])  # some scripts print several rows
         print(f"   ({time.monotonic() - began:.0f} s)", flush=True)
     print()
     for row in rows:

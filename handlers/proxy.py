@@ -12,6 +12,9 @@ Contract.
   between are coalesced, and the newest of them leaves when the interval has passed (the ``flush`` task), so
   the latest frame is never stuck behind the throttle.
 - Several proxies relay independently; ``relayed_by`` tells their relays apart.
+- Trace: a relay continues the trace of the frame it relays, whether the handler sends it at once or the
+  ``flush`` task later (it keeps the frame's ``traceparent``), so ``bus-tail --trace`` follows a capture to
+  its relays on this node.
 
 Role: proxy only (a node without devices in a cluster, or one pinned ``THATDAM_ROLE=proxy``).
 """
@@ -43,6 +46,7 @@ PUBLISH_TIMEOUT_S = 5.0
 class _Camera:
     event_id: str
     frame: FrameReady
+    traceparent: str | None = None
     relayed_at: float | None = None
     pending: bool = True
     skipped: int = 0
@@ -60,18 +64,19 @@ class LatestFrames:
     def for_settings(cls, settings: Settings) -> LatestFrames:
         return cls(settings.proxy_interval)
 
-    def remember(self, event_id: str, frame: FrameReady) -> bool:
-        """Keep ``frame`` if it is the camera's newest; True when it is due for relay right now."""
+    def remember(self, event_id: str, frame: FrameReady, traceparent: str | None = None) -> bool:
+        """Keep ``frame`` (and the trace it came in) if it is the camera's newest; True when it is due for
+        relay right now."""
         key = (frame.node_id, frame.device)
         camera = self._cameras.get(key)
         if camera is None:
-            camera = self._cameras[key] = _Camera(event_id, frame)
+            camera = self._cameras[key] = _Camera(event_id, frame, traceparent)
         elif frame.captured_at < camera.frame.captured_at:
             return False  # late delivery of an older frame: the viewer already has newer
         else:
             if camera.pending:
                 camera.skipped += 1  # the previous newest was never relayed: coalesced into this one
-            camera.event_id, camera.frame, camera.pending = event_id, frame, True
+            camera.event_id, camera.frame, camera.traceparent, camera.pending = event_id, frame, traceparent, True
         return self._due(camera)
 
     def take(self, node_id: str, device: str, relayed_by: str) -> FrameLatest:
@@ -88,6 +93,11 @@ class LatestFrames:
     def due(self) -> list[tuple[str, str]]:
         """Cameras whose newest frame waits and whose interval has passed."""
         return [key for key, camera in self._cameras.items() if self._due(camera)]
+
+    def trace_of(self, node_id: str, device: str) -> str | None:
+        """The ``traceparent`` of the camera's newest frame (its relay continues that trace)."""
+        camera = self._cameras.get((node_id, device))
+        return camera.traceparent if camera is not None else None
 
     def latest(self, node_id: str, device: str) -> FrameReady | None:
         camera = self._cameras.get((node_id, device))
@@ -118,7 +128,7 @@ async def _relay(ctx: HandlerContext | TaskContext, frames: LatestFrames, node_i
 async def remember(event: Envelope[FrameReady], ctx: HandlerContext) -> None:
     """Keep the camera's newest frame; relay it at once unless this camera was relayed within the interval."""
     frames: LatestFrames = ctx.state
-    if frames.remember(event.id, event.data):
+    if frames.remember(event.id, event.data, ctx.traceparent):
         await _relay(ctx, frames, event.data.node_id, event.data.device)
 
 
@@ -129,4 +139,5 @@ async def flush(ctx: TaskContext) -> None:
     while True:
         await asyncio.sleep(frames.interval_s / 4)
         for node_id, device in frames.due():
-            await _relay(ctx, frames, node_id, device)
+            with ctx.continuing(frames.trace_of(node_id, device)):
+                await _relay(ctx, frames, node_id, device)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from thatdam_bus.config import Settings
 from thatdam_bus.publisher import Bus
-from thatdam_bus.tracing import current_traceparent
+from thatdam_bus.tracing import current_traceparent, trace_scope
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,8 @@ class TaskContext:
     log: logging.Logger
     state: Any
     settings: Settings
+
+    def continuing(self, traceparent: str | None) -> AbstractContextManager[None]:
+        """``with ctx.continuing(tp):`` publishes continue the trace of an event handled earlier (its
+        ``HandlerContext.traceparent``, kept by the handler), as they would have inside that handler."""
+        return trace_scope(traceparent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -86,3 +87,26 @@ async def stream_declared(url: str, name: str, timeout: float = 30.0) -> None:
                 return
             except ChannelNotFoundEntity:
                 await asyncio.sleep(0.1)
+
+
+async def has_consumer(url: str, name: str, timeout: float = 30.0) -> None:
+    """Wait until the durable queue ``name`` exists and a node consumes it (a passive declare reports one)."""
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(timeout):
+        while True:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:  # the 404 closed the channel
+                pass
+            else:
+                await channel.close()
+                if queue.declaration_result.consumer_count:
+                    return
+            await asyncio.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

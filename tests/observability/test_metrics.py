@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import BIN, NodeProcess, node_env
+from tests.observability.support import free_port
 from thatdam_bus.transports.socket_client import SocketTransport
 
 FAMILIES = {  # metric family -> its Prometheus type (counters expose <family>_total samples)
@@ -25,12 +25,6 @@ FAMILIES = {  # metric family -> its Prometheus type (counters expose <family>_t
     "thatdam_leader_epoch": "gauge", "thatdam_node_role": "gauge", "thatdam_frames_captured": "counter",
     "thatdam_frames_dropped": "counter", "thatdam_recorder_events": "counter", "thatdam_recorder_bytes": "gauge",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

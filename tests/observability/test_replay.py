@@ -6,13 +6,11 @@ node that keeps or declared the recorder restarted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
-from tests.conftest import delete_amqp_prefix
 from tests.nodes import NodeProcess, node_env
 from tests.observability.support import KEY, Numbered, Publish, history_then_live, stream_declared
 from tests.tools.tail_process import TailProcess
@@ -82,20 +80,6 @@ async def test_solo_replay_after_the_node_restarts(state_dir: Path) -> None:
     finally:
         node.kill()
     assert printed == list(range(numbered.sent)) and printed[:15] == list(range(15))
-
-
-@pytest.fixture
-async def cluster_env(rabbitmq: str, redis_url: str, prefix: str, state_dir: Path) -> AsyncIterator[dict[str, str]]:
-    env = {"THATDAM_AMQP_URL": rabbitmq, "THATDAM_REDIS_URL": redis_url, "THATDAM_PREFIX": prefix}
-    try:
-        yield env
-    finally:
-        await delete_amqp_prefix(rabbitmq, prefix, [stream_name(prefix)])
-        client = aioredis.Redis.from_url(redis_url)
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def leader(state_dir: Path, env: dict[str, str]) -> NodeProcess:

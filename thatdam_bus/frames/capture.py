@@ -153,7 +153,8 @@ class CaptureLoop:
         """Open, announce, deliver until the source ends; returns the frames delivered, raises on failure."""
         sampler = Sampler(self.config.sampling)
         reader = FrameReader(self.spec, lambda item: sampler.accept(item.seconds, item.keyframe),
-                             maxsize=self.config.buffer, stats=self.stats.reader)
+                             maxsize=self.config.buffer, stats=self.stats.reader,
+                             keyframes_only=self.config.sampling.fps is None)
         try:
             self._state = "opening"
             await reader.start()

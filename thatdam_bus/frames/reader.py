@@ -48,6 +48,7 @@ OPEN_GRACE_S = 2.0
 @dataclass(slots=True)
 class ReaderStats:
     decoded: int = 0
+    """Frames out of the decoder (with ``keyframes_only``, the keyframes alone: the rest is never decoded)."""
     sampled: int = 0
     dropped: int = 0
     """Sampled frames discarded because the loop lagged (live sources only)."""
@@ -58,12 +59,14 @@ class FrameReader:
     """Opens ``spec`` on its own thread and yields its kept frames through ``get``. Use as ``async with``."""
 
     def __init__(self, spec: SourceSpec, accept: Accept, *, maxsize: int = 4, stall_s: float | None = None,
-                 stats: ReaderStats | None = None) -> None:
+                 stats: ReaderStats | None = None, keyframes_only: bool = False) -> None:
+        """``keyframes_only``: decode keyframes only (``open_source``); ``accept`` then sees only those."""
         if maxsize < 1:
             raise ValueError("frame buffer size must be >= 1")
         self.spec = spec
         self.stats = stats if stats is not None else ReaderStats()
         self._accept = accept
+        self._keyframes_only = keyframes_only
         self._maxsize = maxsize
         self._stall_s = stall_s if stall_s is not None else _default_stall(spec)
         self._buffer: deque[DecodedFrame] = deque()
@@ -150,7 +153,7 @@ class FrameReader:
 
     def _run(self) -> None:
         try:
-            source = open_source(self.spec)
+            source = open_source(self.spec, keyframes_only=self._keyframes_only)
         except Exception as exc:
             self._finish(_as_source_error(self.spec, exc))
             return

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
 
@@ -294,7 +294,11 @@ class AmqpSubscription:
         try:
             events = unpack(outer)
         except BatchFormatError as exc:
-            await self._finish(link, acks, tag, message, outer, Outcome(Fate.DEAD_LETTER, f"malformed batch: {exc}"))
+            # Handed to the subscriber as one message, so its dead letter is counted and logged where every
+            # other bad input is (the handler's metrics), not parked here behind its back.
+            LOG.warning("malformed batch on %s: %s", outer.queue, exc)
+            single = replace(outer, headers={k: v for k, v in outer.headers.items() if k != BATCH_HEADER})
+            await self._finish(link, acks, tag, message, single, await self._outcome(single))
             return
         try:
             for event in events:

@@ -1,0 +1,194 @@
+"""The flight recorder's cost: ``Bus.publish`` throughput over RabbitMQ with the recorder stream on vs off.
+
+    .venv/bin/python bench/recorder_bench.py [--mode confirms|transient] [--rounds 6] [--count N] [--window 256]
+
+Both variants publish the same events on a recorded channel (``capture.bench.cam0.tick``, under
+``Patterns.RECORDED``) of one exchange, with the same durable classic sink queue bound (a node's work queue:
+without one the baseline's messages would be unroutable, and dropping them costs the broker nothing). Off: the
+recorder stream is not bound. On: the stream ``<prefix>.recorder`` declared and bound by the leader's own code
+(``declare_recorder_stream``, default retention), so each event is also appended to it. Rounds alternate; before
+an off round the stream's bindings are removed, before an on round the leader's declaration runs again
+(idempotent). The stream keeps what earlier on rounds wrote (it cannot be purged); its retention bounds it.
+
+* ``confirms``: durable events (persistent, confirmed by ``AmqpTransport``), ``--window`` publishes awaiting
+  their confirm at once. RabbitMQ confirms a message once every queue it was routed to has it, the stream
+  included, so the recorder's whole cost is in the figure. Rate = events / (last confirm - first publish).
+* ``transient``: transient events, no confirms, published one after another; the round ends when the sink
+  queue holds all of them (a passive declare polled every 20 ms), so credit flow from a stream that cannot keep
+  up shows. Rate = events / (sink complete - first publish).
+
+Target: on >= 0.8x off (issue 9). Everything is under a unique ``bench-recorder-*`` prefix, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from amqp_kit import run_window
+from common import AMQP_URL, Row, Tick, Work, command_line, interleave, medians, unique_prefix
+
+from thatdam_bus import load_settings
+from thatdam_bus.publisher import Bus
+from thatdam_bus.recorder.amqp_stream import declare_recorder_stream, stream_name
+from thatdam_bus.topics import Patterns
+from thatdam_bus.transports.amqp import AmqpTransport
+from thatdam_bus.transports.amqp_topology import Topology
+
+TARGET = 0.8
+ROUTING_KEY = "capture.bench.cam0.tick"
+SINK = "bench.sink"
+POLL_S = 0.02
+COUNTS = {"confirms": 15_000, "transient": 30_000}
+
+
+class Recorder:
+    """The stream of one prefix, switched on (the leader's declaration) and off (its bindings removed)."""
+
+    def __init__(self, prefix: str) -> None:
+        settings = load_settings()
+        self.prefix = prefix
+        self.retention = {"max_age_s": settings.recorder_max_age, "max_bytes": settings.recorder_max_bytes,
+                          "segment_bytes": settings.recorder_segment_bytes}
+
+    async def on(self) -> None:
+        await declare_recorder_stream(AMQP_URL, self.prefix, **self.retention)
+
+    async def off(self) -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(stream_name(self.prefix), passive=True)
+            for pattern in Patterns.RECORDED:
+                await queue.unbind(self.prefix, pattern)
+
+
+async def declare_sink(prefix: str) -> None:
+    """The exchanges (our transport's core declaration) and the sink queue with our topology's arguments."""
+    async with AmqpTransport(AMQP_URL, prefix=prefix):
+        pass
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{prefix}.{SINK}", durable=True,
+                                            arguments=Topology(prefix).durable_arguments())
+        await queue.bind(prefix, "capture.bench.#")
+
+
+async def sink_depth(channel: aio_pika.abc.AbstractChannel, prefix: str) -> int:
+    queue = await channel.declare_queue(f"{prefix}.{SINK}", passive=True)
+    return int(queue.declaration_result.message_count or 0)
+
+
+async def purge_sink(prefix: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(f"{prefix}.{SINK}", passive=True)
+        await queue.purge()
+
+
+async def cleanup(prefix: str) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (f"{prefix}.{SINK}", stream_name(prefix), f"{prefix}.dead-letters"):
+            await channel.queue_delete(queue)
+        for exchange in (prefix, f"{prefix}.dlx"):
+            await channel.exchange_delete(exchange)
+
+
+def broker_cpu_s() -> float | None:
+    """CPU seconds used so far by a RabbitMQ (``beam.smp``) on this machine, if one runs here and is readable."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "beam.smp":
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                return (int(fields[11]) + int(fields[12])) / ticks
+        except OSError:
+            continue
+    return None
+
+
+async def one_round(args: argparse.Namespace, prefix: str, switch: Any) -> dict[str, Any]:
+    """Switch the recorder, empty the sink, then time ``--count`` publishes through ``Bus.publish``."""
+    await switch()
+    await purge_sink(prefix)
+    durable = args.mode == "confirms"
+    model, counter = (Work if durable else Tick), itertools.count()
+    async with AmqpTransport(AMQP_URL, prefix=prefix) as transport:
+        bus = Bus(transport, cluster="bench", node_id="publisher")
+
+        async def publish() -> None:
+            await bus.publish(model(camera="cam0", n=next(counter), sent_ns=0), ROUTING_KEY)
+
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            cpu, broker, start = time.process_time(), broker_cpu_s(), time.monotonic()
+            if durable:
+                await run_window(publish, args.count, args.window)
+            else:
+                for _ in range(args.count):
+                    await publish()
+                async with asyncio.timeout(120):
+                    while await sink_depth(channel, prefix) < args.count:
+                        await asyncio.sleep(POLL_S)
+            seconds, cpu = time.monotonic() - start, time.process_time() - cpu
+            broker_after = broker_cpu_s()
+    figures = {"rate": args.count / seconds, "seconds": seconds, "publisher_cpu_us": 1e6 * cpu / args.count}
+    if broker is not None and broker_after is not None:
+        figures["broker_cpu_us"] = 1e6 * (broker_after - broker) / args.count
+    return figures
+
+
+async def main(args: argparse.Namespace) -> Row:
+    prefix = unique_prefix("recorder")
+    recorder = Recorder(prefix)
+    try:
+        await declare_sink(prefix)
+        await recorder.on()  # created once: later on rounds find it and only bind again
+        runs = await interleave({
+            "off": lambda: one_round(args, prefix, recorder.off),
+            "on": lambda: one_round(args, prefix, recorder.on),
+        }, args.rounds, show="rate,publisher_cpu_us,broker_cpu_us")
+    finally:
+        await cleanup(prefix)
+    return recorder_row(args, runs)
+
+
+def recorder_row(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> Row:
+    off, on = medians(runs["off"]), medians(runs["on"])
+    what = f"persistent + confirms ({args.window} in flight)" if args.mode == "confirms" else "transient"
+    row = Row(f"recorder_{args.mode}", f"Flight recorder on vs off: Bus.publish over RabbitMQ, {what}",
+              command_line(), "events/s", "events/s", off["rate"], on["rate"], f">= {TARGET}x",
+              on["rate"] >= TARGET * off["rate"], args.rounds,
+              extra={"count": args.count, "window": args.window, "mode": args.mode, "routing_key": ROUTING_KEY,
+                     "baseline_medians": off, "ours_medians": on}, runs=runs)
+    row.report()
+    row.save()
+    return row
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=sorted(COUNTS), default="confirms")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--count", type=int, default=None, help="events per round (default: 15000 with "
+                        "confirms, 30000 transient)")
+    parser.add_argument("--window", type=int, default=256)
+    args = parser.parse_args(argv)
+    if args.count is None:
+        args.count = COUNTS[args.mode]
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
