@@ -1,6 +1,6 @@
 """The flight recorder's cost: ``Bus.publish`` throughput over RabbitMQ with the recorder stream on vs off.
 
-    .venv/bin/python bench/recorder_bench.py [--mode confirms|transient] [--rounds 6] [--count N] [--window 256]
+    .venv/bin/python bench/recorder_bench.py [--mode confirms|transient|batched] [--rounds 6] [--count N] [--window 256]
 
 Both variants publish the same events on a recorded channel (``capture.bench.cam0.tick``, under
 ``Patterns.RECORDED``) of one exchange, with the same durable classic sink queue bound (a node's work queue:
@@ -16,6 +16,10 @@ an off round the stream's bindings are removed, before an on round the leader's 
 * ``transient``: transient events, no confirms, published one after another; the round ends when the sink
   queue holds all of them (a passive declare polled every 20 ms), so credit flow from a stream that cannot keep
   up shows. Rate = events / (sink complete - first publish).
+* ``batched``: the same transient events on a batched channel (``BatchPolicy`` on the routing key, up to 64
+  events per message, closed at the end of the loop iteration), as a high-rate channel (frame-ready at high
+  fps) is configured: the stream's cost is per message, so it is shared by the events of a batch. The sink
+  (and the stream) hold batches; the round ends when the sink holds every batch the publisher sent.
 
 Target: on >= 0.8x off (issue 9). Everything is under a unique ``bench-recorder-*`` prefix, deleted at the end.
 """
@@ -40,12 +44,14 @@ from thatdam_bus.recorder.amqp_stream import declare_recorder_stream, stream_nam
 from thatdam_bus.topics import Patterns
 from thatdam_bus.transports.amqp import AmqpTransport
 from thatdam_bus.transports.amqp_topology import Topology
+from thatdam_bus.transports.batching import BatchPolicy
 
 TARGET = 0.8
 ROUTING_KEY = "capture.bench.cam0.tick"
 SINK = "bench.sink"
 POLL_S = 0.02
-COUNTS = {"confirms": 15_000, "transient": 30_000}
+COUNTS = {"confirms": 15_000, "transient": 30_000, "batched": 60_000}
+BATCH_EVENTS = 64
 
 
 class Recorder:
@@ -123,7 +129,8 @@ async def one_round(args: argparse.Namespace, prefix: str, switch: Any) -> dict[
     await purge_sink(prefix)
     durable = args.mode == "confirms"
     model, counter = (Work if durable else Tick), itertools.count()
-    async with AmqpTransport(AMQP_URL, prefix=prefix) as transport:
+    batch = BatchPolicy((ROUTING_KEY,), max_events=BATCH_EVENTS) if args.mode == "batched" else None
+    async with AmqpTransport(AMQP_URL, prefix=prefix, batch=batch) as transport:
         bus = Bus(transport, cluster="bench", node_id="publisher")
 
         async def publish() -> None:
@@ -138,8 +145,12 @@ async def one_round(args: argparse.Namespace, prefix: str, switch: Any) -> dict[
             else:
                 for _ in range(args.count):
                     await publish()
+                messages = args.count
+                if transport.batcher is not None:
+                    await transport.batcher.flush()
+                    messages = transport.batcher.batches_sent
                 async with asyncio.timeout(120):
-                    while await sink_depth(channel, prefix) < args.count:
+                    while await sink_depth(channel, prefix) < messages:
                         await asyncio.sleep(POLL_S)
             seconds, cpu = time.monotonic() - start, time.process_time() - cpu
             broker_after = broker_cpu_s()
@@ -166,7 +177,8 @@ async def main(args: argparse.Namespace) -> Row:
 
 def recorder_row(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> Row:
     off, on = medians(runs["off"]), medians(runs["on"])
-    what = f"persistent + confirms ({args.window} in flight)" if args.mode == "confirms" else "transient"
+    what = {"confirms": f"persistent + confirms ({args.window} in flight)", "transient": "transient",
+            "batched": f"transient, batched (up to {BATCH_EVENTS} events per message)"}[args.mode]
     row = Row(f"recorder_{args.mode}", f"Flight recorder on vs off: Bus.publish over RabbitMQ, {what}",
               command_line(), "events/s", "events/s", off["rate"], on["rate"], f">= {TARGET}x",
               on["rate"] >= TARGET * off["rate"], args.rounds,

@@ -46,6 +46,7 @@ BENCHES = {
     "idle": (idle_bench, []),
     "recorder_confirms": (recorder_bench, ["--mode", "confirms"]),
     "recorder_transient": (recorder_bench, ["--mode", "transient"]),
+    "recorder_batched": (recorder_bench, ["--mode", "batched"]),
 }
 QUICK = {"amqp_latency": ["--seconds", "2"], "amqp_batching": ["--count", "10000", "--seconds", "2"],
          "failover_sigkill_ttl2": ["--trials", "3"], "failover_sigkill_ttl5": ["--trials", "3"],

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import NodeProcess, node_env
-from tests.observability.support import KEY, Numbered, Publish, history_then_live, stream_declared
+from tests.observability.support import KEY, Numbered, Publish, history_then_live, seq_body, stream_declared
 from tests.tools.tail_process import TailProcess
 from thatdam_bus.recorder.amqp_stream import stream_name
 from thatdam_bus.recorder.disk_ring import RECORDER_DIR
 from thatdam_bus.recorder.ring_reader import RingReader
 from thatdam_bus.transports.amqp import AmqpTransport
+from thatdam_bus.transports.batching import BatchPolicy
 from thatdam_bus.transports.socket_client import SocketTransport
 
 
@@ -156,3 +157,26 @@ async def test_last_n_and_from_start_on_rabbitmq(cluster_env: dict[str, str], pr
         node.kill()
     assert (last, live) == ([25, 26, 27, 28, 29], [30, 31, 32])
     assert everything == list(range(numbered.sent))
+
+
+async def test_batched_events_replay_one_by_one_from_the_stream(cluster_env: dict[str, str], prefix: str,
+                                                                rabbitmq: str, state_dir: Path) -> None:
+    """A high-rate channel publishes several events per AMQP message (``BatchPolicy``); the stream keeps the
+    batch messages as they are, and ``bus-tail --from-start`` must show every event, in order, not the batches."""
+    node = leader(state_dir, cluster_env)
+    try:
+        await stream_declared(rabbitmq, stream_name(prefix))
+        run = Numbered().run
+        batched = AmqpTransport(rabbitmq, prefix=prefix, batch=BatchPolicy(("capture.obs.#",), max_events=8))
+        async with batched:
+            await asyncio.gather(*(batched.publish(KEY, seq_body(seq, run)) for seq in range(30)))
+            assert batched.batcher is not None and batched.batcher.batches_sent < 30
+        tail = await TailProcess.start(node_env(state_dir.parent / "tail", **cluster_env), "capture.obs.#",
+                                       "--from-start")
+        try:
+            printed = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(30)]
+        finally:
+            await tail.kill()
+    finally:
+        node.kill()
+    assert printed == list(range(30))

@@ -32,6 +32,7 @@ from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 from thatdam_bus.recorder.durations import rabbitmq_age
 from thatdam_bus.recorder.ring_format import Entry
 from thatdam_bus.topics import Patterns
+from thatdam_bus.transports.batching import BATCH_HEADER, BatchFormatError, iter_records
 
 log = logging.getLogger("thatdam_bus.recorder")
 SEAM_HEADER = "x-thatdam-seam"
@@ -154,13 +155,20 @@ class StreamSource:
                 message = await inbox.get()
                 await message.ack()
                 if marks or SEAM_HEADER not in message.headers:
-                    yield _entry(message)
+                    for entry in _entries(message):
+                        yield entry
         finally:
             with contextlib.suppress(Exception):
                 await channel.close()
 
 
-def _entry(message: AbstractIncomingMessage) -> Entry:
+def _entries(message: AbstractIncomingMessage) -> list[Entry]:
+    """The events of one stream message: itself, or each event of a batch (``transports.batching``: high-rate
+    channels put several events in one message), all at the message's offset, so a seam between offsets
+    never splits a batch. A batch that cannot be unpacked is shown as it is, for the reader to report."""
     offset = message.headers.get(OFFSET_HEADER)
-    return Entry(int(offset) if isinstance(offset, int) else -1, 0.0, message.routing_key or "",
-                 message.headers, message.body)
+    at, key = int(offset) if isinstance(offset, int) else -1, message.routing_key or ""
+    if BATCH_HEADER in message.headers:
+        with contextlib.suppress(BatchFormatError):
+            return [Entry(at, 0.0, key, headers, body) for headers, body in iter_records(message.body)]
+    return [Entry(at, 0.0, key, message.headers, message.body)]
