@@ -7,7 +7,8 @@ The broker runs in a child process: ours is an ``EmbeddedTransport`` serving ``b
 run in this process, one publisher connection and one subscriber connection. Ours: ``Bus.publish`` on a
 ``SocketTransport`` and a ``HandlerHost`` typed handler on another ``SocketTransport`` (durable queue, prefetch
 ``--prefetch``, batched acks). Baseline: frames written straight to the socket, bodies decoded with orjson,
-acks batched per read. Figure: events/s from first publish to last handled. Target: ours >= 0.7x.
+acks batched per read. Figure: events/s from first publish to last handled. Target: ours >= 0.7x. Also printed:
+the client codec floor, the rate of the client process's per-event work alone, as a ratio to the bare clients.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 
 import orjson
 from amqp_kit import sample_envelope
-from common import PATTERN, ROUTING_KEY, Child, Row, Tick, interleave, serve, throughput_row
+from common import PATTERN, ROUTING_KEY, Child, Row, Tick, interleave, median, medians, serve, throughput_row
+from embedded_inprocess import codec_floor
 from socket_bare import BareServer, Publisher, Subscriber, frame
 
 from thatdam_bus import Role, load_settings
@@ -164,9 +166,13 @@ async def main(args: argparse.Namespace) -> Row:
         }, args.rounds, show="rate,client_cpu_us,broker_cpu_us")
     finally:
         await child.close()
+    base = medians(runs["bare"])
+    floor = median([codec_floor(args.count // 3) for _ in range(args.rounds)])
+    print(f"  client codec floor (payload + envelope + encode + decode/validate, no socket, no dispatch): "
+          f"{floor:,.0f} events/s = {floor / base['rate']:.2f}x the bare clients", flush=True)
     title = "Embedded broker through its Unix socket, clients in another process"
     return throughput_row("embedded_socket", title, runs, "bare", TARGET, args.rounds,
-                          {"count": args.count, "prefetch": args.prefetch})
+                          {"count": args.count, "prefetch": args.prefetch, "codec_floor_rate": floor})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,22 +8,22 @@ Signed payloads (intents) then pass the ``IntentGate`` before their handler, and
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from pydantic import ValidationError
 
 from thatdam_bus.context import HandlerContext
-from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error
+from thatdam_bus.envelope import Envelope, decode_raw, describe_validation_error, shareable, typed_envelope
 from thatdam_bus.errors import ContractError, DecodeError, Reject, Retry, SchemaError
 from thatdam_bus.fencing import EpochFence
 from thatdam_bus.metrics.instruments import HandlerMetrics
 from thatdam_bus.security.gate import IntentGate
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec
-from thatdam_bus.tracing import new_traceparent, trace_scope
+from thatdam_bus.tracing import enter_trace, leave_trace, new_traceparent
 from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind
 
 log = logging.getLogger("thatdam_bus.dispatch")
@@ -47,16 +47,6 @@ class SeenIds:
             self._ids.popitem(last=False)
 
 
-_TYPED: dict[type[Any], type[Envelope[Any]]] = {}
-
-
-def _typed(model: type[Any]) -> type[Envelope[Any]]:
-    typed = _TYPED.get(model)
-    if typed is None:
-        typed = _TYPED[model] = Envelope[model]  # type: ignore[valid-type]
-    return typed
-
-
 def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
     """Check size, decode, check the type and validate ``data`` against the handler's model.
 
@@ -64,11 +54,10 @@ def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
     orjson + envelope validation + data validation + copy). Anything it refuses, and bodies with the
     non-standard ``NaN``/``Infinity`` it would accept but orjson does not, take the step-by-step path, which
     names the reason, so what is accepted and every dead-letter reason stay as they were."""
-    if len(body) > max_bytes:
-        raise ContractError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    _check_size(body, max_bytes)
     if b"NaN" not in body and b"Infinity" not in body:
         try:
-            event = _typed(spec.payload).model_validate_json(body)
+            event = typed_envelope(spec.payload).model_validate_json(body)
         except ValidationError:
             pass
         else:
@@ -83,6 +72,36 @@ def decode_for(spec: HandlerSpec, body: bytes, max_bytes: int) -> Envelope[Any]:
         problems = describe_validation_error(exc, prefix="data")
         raise ContractError(f"invalid {raw.type} data: {problems}") from exc
     return raw.model_copy(update={"data": data})
+
+
+def _check_size(body: bytes, max_bytes: int) -> None:
+    if len(body) > max_bytes:
+        raise ContractError(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+
+
+def _decoder(spec: HandlerSpec, max_bytes: int) -> Callable[[Delivery], Envelope[Any]]:
+    """``decode_for`` of a delivery; once per message for every in-process subscriber of one model.
+
+    The embedded broker gives every copy of a fanned-out message one ``Delivery.shared`` dict; the first
+    subscriber of a model to decode it leaves the validated envelope there for the others, which still check
+    their own size limit. Sharing one object between handlers is safe only for a deeply immutable model
+    (``envelope.shareable``: frozen, no list or dict at any depth): any other is decoded for each of them."""
+    model = spec.payload
+    if not shareable(model):
+        return lambda delivery: decode_for(spec, delivery.body, max_bytes)
+
+    def decode(delivery: Delivery) -> Envelope[Any]:
+        shared = delivery.shared
+        if shared is None:
+            return decode_for(spec, delivery.body, max_bytes)
+        event = shared.get(model)
+        if event is None:
+            event = shared[model] = decode_for(spec, delivery.body, max_bytes)
+        else:
+            _check_size(delivery.body, max_bytes)
+        return event
+
+    return decode
 
 
 def make_callback(
@@ -107,6 +126,8 @@ def make_callback(
     gate = IntentGate(verifier, scope=spec.qualified_name) if spec.payload.signed else None
     metrics = HandlerMetrics.of(spec.qualified_name, spec.queue.patterns)
 
+    decode = _decoder(spec, max_bytes)
+
     async def handle(event: Envelope[Any], delivery: Delivery) -> Outcome:
         ctx = context_for(delivery)
         if spec.per_node and getattr(event.data, "node_id", None) != ctx.node_id:
@@ -118,11 +139,17 @@ def make_callback(
         if seen is not None and event.id in seen:
             log.info("duplicate %s id=%s ignored by %s", delivery.routing_key, event.id, spec.qualified_name)
             return ACK
-        started = time.perf_counter()
-        outcome = await _run(spec, event, ctx, delivery)
-        metrics.seconds.observe(time.perf_counter() - started)
-        if outcome.fate is Fate.ACK and seen is not None:
-            seen.add(event.id)
+        started = perf_counter()
+        try:
+            await spec.fn(event, ctx)
+        except Exception as exc:
+            outcome = _outcome_of(spec, delivery, exc)
+        else:
+            outcome = ACK
+        metrics.observe(perf_counter() - started)
+        if outcome is ACK:
+            if seen is not None:
+                seen.add(event.id)
         elif outcome.fate is Fate.DEAD_LETTER:
             metrics.dead_lettered("rejected")
         elif max_attempts is not None and delivery.attempt >= max_attempts:
@@ -132,14 +159,17 @@ def make_callback(
         return outcome
 
     async def on_delivery(delivery: Delivery) -> Outcome:
-        metrics.consumed.inc()
+        metrics.count()
         try:
-            event = decode_for(spec, delivery.body, max_bytes)
+            event = decode(delivery)
         except ContractError as exc:
             metrics.dead_lettered(_reason_class(exc))
             return _dead_letter(spec, delivery, str(exc))
-        with trace_scope(event.traceparent or new_traceparent()):
+        token = enter_trace(event.traceparent or new_traceparent())
+        try:
             return await handle(event, delivery)
+        finally:
+            leave_trace(token)
 
     return on_delivery
 
@@ -156,19 +186,15 @@ def _reason_class(exc: ContractError) -> str:
     return "wrong_type" if text.startswith("event type") else "invalid_data"
 
 
-async def _run(spec: HandlerSpec, event: Envelope[Any], ctx: HandlerContext, delivery: Delivery) -> Outcome:
-    """The handler's behaviour as a fate: return acks, ``Reject`` dead-letters, anything else requeues."""
-    try:
-        await spec.fn(event, ctx)
-    except Reject as exc:
+def _outcome_of(spec: HandlerSpec, delivery: Delivery, exc: Exception) -> Outcome:
+    """A handler's exception as a fate: ``Reject`` dead-letters, anything else requeues (``Retry`` quietly)."""
+    if isinstance(exc, Reject):
         return _dead_letter(spec, delivery, exc.reason)
-    except Retry as exc:
+    if isinstance(exc, Retry):
         return Outcome(Fate.REQUEUE, exc.reason)
-    except Exception as exc:
-        log.warning("handler %s failed on %s (attempt %d): %r",
-                    spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
-        return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}")
-    return ACK
+    log.warning("handler %s failed on %s (attempt %d): %r",
+                spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
+    return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}")
 
 
 def _dead_letter(spec: HandlerSpec, delivery: Delivery, reason: str) -> Outcome:

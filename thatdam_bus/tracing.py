@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 from collections.abc import Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+
+from thatdam_bus.ids import random_hex
 
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 """Version 00 with lower-case hex (the JSON Schema carries this); all-zero ids are refused as well."""
@@ -52,13 +53,24 @@ def new_traceparent(parent: str | None = None) -> str:
     trace_id = trace_id_of(parent)
     flags = parent[-2:] if trace_id is not None and parent is not None else SAMPLED
     if trace_id is None:
-        trace_id = secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"
+        fresh = random_hex(48)
+        return f"00-{fresh[:32]}-{fresh[32:]}-{flags}"
+    return f"00-{trace_id}-{random_hex(16)}-{flags}"
 
 
 def current_traceparent() -> str | None:
     """The trace context of the event being handled in this task, if any."""
     return _current.get()
+
+
+def enter_trace(traceparent: str | None) -> Token[str | None]:
+    """``trace_scope`` without the context manager, for dispatch's per-delivery path (a fifth of its cost);
+    pair every call with ``leave_trace`` in a ``finally``."""
+    return _current.set(traceparent)
+
+
+def leave_trace(token: Token[str | None]) -> None:
+    _current.reset(token)
 
 
 @contextlib.contextmanager

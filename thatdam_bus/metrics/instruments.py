@@ -12,21 +12,24 @@ several in one process read deltas.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
+from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 OTHER = "other"
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 PUBLISHED = Counter("thatdam_messages_published", "Events published by this node, by channel pattern", ["channel"])
-CONSUMED = Counter("thatdam_messages_consumed", "Deliveries handed to a handler", ["handler", "channel"])
 DEAD_LETTERED = Counter("thatdam_messages_dead_lettered", "Deliveries dead-lettered by a handler, by reason class",
                         ["handler", "reason"])
-HANDLER_SECONDS = Histogram("thatdam_handler_duration_seconds", "Time spent in a handler", ["handler"],
-                            buckets=_HANDLER_BUCKETS)
 OUTBOX_DEPTH = Gauge("thatdam_outbox_depth", "Durable events held in the outbox or solo journal")
 QUEUE_CONSUMERS = Gauge("thatdam_queue_consumers", "Consumers the broker reports on a durable queue this node "
                         "consumes (0: work piles up)", ["queue"])
@@ -60,22 +63,94 @@ def count_published(event_type: str) -> None:
     child.inc()
 
 
-@dataclass(frozen=True)
 class HandlerMetrics:
-    """Label children of one handler, bound once when its callback is made."""
+    """One handler's deliveries and durations on one thread, as plain numbers.
 
-    name: str
-    consumed: Counter
-    seconds: Histogram
+    A delivery costs two attribute updates here instead of three locked increments in prometheus_client's
+    children (a counter, and a histogram's sum and bucket): at in-process rates that was a tenth of dispatch.
+    The figures stay exact: ``_HandlerCollector`` reads them at scrape time as the same two families
+    (``thatdam_messages_consumed_total``, ``thatdam_handler_duration_seconds``) with the same samples. One
+    writer per tally: it is keyed by thread, and a callback runs on the loop of the thread that made it, so
+    no increment can interleave with another; a scrape (on another thread) only reads."""
+
+    __slots__ = ("buckets", "channel", "consumed", "created", "name", "total")
+
+    def __init__(self, name: str, channel: str) -> None:
+        self.name = name
+        self.channel = channel
+        self.consumed = 0
+        self.buckets = [0] * (len(_HANDLER_BUCKETS) + 1)
+        """Observations per bucket, not cumulative; the last is +Inf."""
+        self.total = 0.0
+        self.created = time.time()
 
     @classmethod
     def of(cls, handler: str, patterns: tuple[str, ...]) -> HandlerMetrics:
-        return cls(handler, CONSUMED.labels(handler=handler, channel=",".join(patterns)),
-                   HANDLER_SECONDS.labels(handler=handler))
+        """This thread's tally for the handler (made once, then shared by its callbacks on this thread)."""
+        key = (handler, ",".join(patterns), threading.get_ident())
+        with _TALLIES_LOCK:
+            tally = _TALLIES.get(key)
+            if tally is None:
+                tally = _TALLIES[key] = cls(handler, key[1])
+        return tally
+
+    def count(self) -> None:
+        self.consumed += 1
+
+    def observe(self, seconds: float) -> None:
+        """One handler run; ``le`` buckets are inclusive, as Prometheus's."""
+        self.buckets[bisect_left(_HANDLER_BUCKETS, seconds)] += 1
+        self.total += seconds
 
     def dead_lettered(self, reason_class: str) -> None:
         DEAD_LETTERED.labels(handler=self.name, reason=reason_class).inc()
         DEAD_LETTERS.add()
+
+
+_TALLIES: dict[tuple[str, str, int], HandlerMetrics] = {}
+_TALLIES_LOCK = threading.Lock()
+
+
+class _HandlerCollector(Collector):
+    """Exposes the per-thread tallies, summed by labels, as prometheus_client's Counter and Histogram did."""
+
+    def describe(self) -> list[Metric]:
+        return self._families()
+
+    def collect(self) -> list[Metric]:
+        with _TALLIES_LOCK:
+            tallies = list(_TALLIES.values())
+        consumed: dict[tuple[str, str], list[float]] = {}
+        durations: dict[str, tuple[list[int], list[float]]] = {}
+        for tally in tallies:
+            count = consumed.setdefault((tally.name, tally.channel), [0, tally.created])
+            count[0] += tally.consumed
+            count[1] = min(count[1], tally.created)
+            buckets, figures = durations.setdefault(tally.name, ([0] * len(tally.buckets), [0.0, tally.created]))
+            for index, value in enumerate(list(tally.buckets)):
+                buckets[index] += value
+            figures[0] += tally.total
+            figures[1] = min(figures[1], tally.created)
+        return self._families(consumed, durations)
+
+    @staticmethod
+    def _families(consumed: dict[tuple[str, str], list[float]] | None = None,
+                  durations: dict[str, tuple[list[int], list[float]]] | None = None) -> list[Metric]:
+        counter = CounterMetricFamily("thatdam_messages_consumed", "Deliveries handed to a handler",
+                                      labels=["handler", "channel"])
+        for labels, (value, created) in (consumed or {}).items():
+            counter.add_metric(labels, value, created=created)
+        histogram = HistogramMetricFamily("thatdam_handler_duration_seconds", "Time spent in a handler",
+                                          labels=["handler"])
+        for handler, (buckets, (total, created)) in (durations or {}).items():
+            cumulative = list(itertools.accumulate(buckets))
+            bounds = [*map(floatToGoString, _HANDLER_BUCKETS), "+Inf"]
+            histogram.add_metric([handler], list(zip(bounds, cumulative, strict=True)), total)
+            histogram.samples.append(Sample(histogram.name + "_created", {"handler": handler}, created))
+        return [counter, histogram]
+
+
+REGISTRY.register(_HandlerCollector())
 
 
 class RecentCounter:

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from thatdam_bus.errors import TransportClosed
 from thatdam_bus.transports.base import (
+    ACK,
     Capabilities,
     DeliveryCallback,
     QueueKind,
@@ -70,7 +71,8 @@ class _LocalSubscription:
             except BaseException:
                 broker.release(queue, delivery)
                 raise
-            broker.finish(queue, delivery, outcome)
+            if outcome is not ACK:
+                broker.finish(queue, delivery, outcome)
 
 
 class EmbeddedTransport:

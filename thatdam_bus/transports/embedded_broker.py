@@ -152,9 +152,10 @@ class Broker:
         if durable:
             self._check_room(queues)
         frozen = NO_HEADERS if not headers else MappingProxyType(dict(headers))
+        shared: dict[Any, Any] | None = {} if len(queues) > 1 else None
         crowded = False
         for queue in queues:
-            queue.offer(make_delivery(routing_key, body, frozen, 1, queue.name))
+            queue.offer(make_delivery(routing_key, body, frozen, 1, queue.name, shared))
             if len(queue) > queue.high_water:
                 crowded = True
         return crowded
@@ -180,7 +181,7 @@ class Broker:
         if self.queues.get(queue.name) is queue:
             attempt = delivery.attempt + 1 if redelivered else delivery.attempt
             queue.put_front(make_delivery(delivery.routing_key, delivery.body, delivery.headers, attempt,
-                                          delivery.queue))
+                                          delivery.queue, delivery.shared))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Publish a record to the dead-letter exchange under the original routing key."""
