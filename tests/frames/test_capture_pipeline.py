@@ -237,3 +237,45 @@ async def test_cancel_while_capturing_a_live_source_emits_stopped(store: BlobSto
     assert task.cancelled()
     assert [s.reason for s in rec.stopped] == ["requested"]
     assert "stopped" in repr(loop)
+
+
+async def test_a_sent_frame_keeps_its_blob_pinned_and_an_unsent_one_is_unpinned(clip: Clip, store: BlobStore) -> None:
+    """Pinned blobs wait for whoever processes their ``FrameReady``; only a frame that was never sent lets go."""
+    sent: list[FrameReady] = []
+    unsent: list[FrameReady] = []
+
+    async def every_other(event: FrameReady) -> None:
+        if event.seq % 2:
+            unsent.append(event)
+            raise RuntimeError("broker down")
+        sent.append(event)
+
+    config = CaptureConfig(NODE, "clip", str(clip.path), Sampling.keyframes(), width=64, pin_frames=True)
+    async with asyncio.timeout(30):
+        await CaptureLoop(config, store, on_frame=every_other).run()
+    assert [e.seq for e in sent] == [0, 2, 4] and [e.seq for e in unsent] == [1, 3]
+    assert all(store.is_pinned(e.sha256) for e in sent)
+    assert not any(store.is_pinned(e.sha256) for e in unsent if e.sha256 not in {s.sha256 for s in sent})
+
+
+async def test_a_stop_during_a_publish_finishes_and_counts_that_frame(store: BlobStore) -> None:
+    """Cancelled while the frame callback is still publishing: the frame in hand is finished and counted
+    before the loop ends, so the node's published count is what the broker got."""
+    begun, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    async def slow_publish(event: FrameReady) -> None:
+        begun.set()
+        await release.wait()
+        finished.append(event.seq)
+
+    config = CaptureConfig(NODE, "cam", "test://testsrc2?size=160x120&rate=30", Sampling.per_second(30))
+    loop = CaptureLoop(config, store, on_frame=slow_publish)
+    async with asyncio.timeout(30), asyncio.TaskGroup() as group:
+        task = group.create_task(loop.run())
+        await begun.wait()
+        task.cancel()
+        await asyncio.sleep(0)  # the cancellation reaches the loop while the publish is still waiting
+        release.set()
+    assert task.cancelled()
+    assert finished == [0] and loop.stats.published == 1

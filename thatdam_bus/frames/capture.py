@@ -178,14 +178,28 @@ class CaptureLoop:
             uri=blob.uri, sha256=blob.sha256, size_bytes=blob.size, keyframe=item.keyframe)
         self._seq += 1
         self._attempt = 0
-        if await self._emit(self._on_frame, event):
+        emitting = asyncio.ensure_future(self._emit(self._on_frame, event))
+        try:
+            await asyncio.shield(emitting)
+        except asyncio.CancelledError:
+            # Stopping while the frame is being published: finish it (bounded) and account for it before the
+            # loop ends, so a frame the broker got is counted, and a pinned blob is never left for nobody.
+            await asyncio.wait([emitting], timeout=STOP_EMIT_TIMEOUT_S)
+            emitting.cancel()
+            self._account(emitting, blob)
+            raise
+        self._account(emitting, blob)
+
+    def _account(self, emitting: asyncio.Future[bool], blob: StoredBlob) -> None:
+        """Count a published frame (and the reader's drops so far); unpin the blob of one never sent."""
+        if emitting.done() and not emitting.cancelled() and emitting.result():
             self.stats.published += 1
             self._captured_metric.inc()
+        elif self.config.pin_frames:
+            self._store.unpin(blob.sha256)  # nobody will process an event that was never sent
         if (dropped := self.stats.reader.dropped) != self._dropped_seen:
             self._dropped_metric.inc(max(0, dropped - self._dropped_seen))
             self._dropped_seen = dropped
-        elif self.config.pin_frames:
-            self._store.unpin(blob.sha256)  # nobody will process an event that was never sent
 
     def _encode_and_store(self, item: DecodedFrame) -> tuple[Jpeg, StoredBlob]:
         """Runs on a worker thread: the CPU (scale + encode) and the file I/O of one frame."""
