@@ -165,7 +165,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=8, help="of the kill phases")
-    parser.add_argument("--rounds", type=int, default=1, help="ignored (run_all passes it): one run of --trials")
     return parser.parse_args(argv)
 
 

@@ -89,7 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window")
     parser.add_argument("--mdns", choices=("on", "off"), default="on", help="THATDAM_MDNS (default: on, as installed)")
-    parser.add_argument("--rounds", type=int, default=1, help="ignored (run_all passes it): one run")
     return parser.parse_args(argv)
 
 

@@ -191,7 +191,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--lose", type=int, default=50, help="how many simulated nodes stop")
     parser.add_argument("--seconds", type=float, default=20.0, help="steady window for the CPU figure")
-    parser.add_argument("--rounds", type=int, default=1, help="ignored (run_all passes it): one run")
     return parser.parse_args(argv)
 
 

@@ -48,6 +48,8 @@ BENCHES = {
     "recorder_transient": (recorder_bench, ["--mode", "transient"]),
     "recorder_batched": (recorder_bench, ["--mode", "batched"]),
 }
+SINGLE_RUN = {"failover_sigkill_ttl2", "failover_sigkill_ttl5", "handover_sigterm_ttl5", "membership", "idle"}
+"""Rows measured in one run (20 trials, one window) against a budget, not in interleaved rounds: no --rounds."""
 QUICK = {"amqp_latency": ["--seconds", "2"], "amqp_batching": ["--count", "10000", "--seconds", "2"],
          "failover_sigkill_ttl2": ["--trials", "3"], "failover_sigkill_ttl5": ["--trials", "3"],
          "handover_sigterm_ttl5": ["--trials", "3"], "membership": ["--nodes", "200", "--lose", "10", "--seconds", "5"],
@@ -59,7 +61,7 @@ async def main(args: argparse.Namespace) -> list[Row]:
     for name, (module, argv) in BENCHES.items():
         if args.only and name not in args.only:
             continue
-        extra = ["--rounds", str(2 if args.quick else args.rounds)]
+        extra = [] if name in SINGLE_RUN else ["--rounds", str(2 if args.quick else args.rounds)]
         if args.quick:
             extra += QUICK.get(name, ["--count", "5000"])
         print(f"== {name}", flush=True)
