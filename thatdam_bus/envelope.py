@@ -152,25 +152,32 @@ def shareable(model: type[BaseModel]) -> bool:
     (which one handler could change under another) is decoded for each of them instead."""
     known = _SHAREABLE.get(model)
     if known is None:
-        _SHAREABLE[model] = True  # a self-referencing model is judged by its other fields
-        known = _SHAREABLE[model] = (
-            model.model_config.get("frozen", False) is True and model.model_config.get("extra") != "allow"
-            and not model.__private_attributes__
-            and all(_immutable(info.annotation) for info in model.model_fields.values()))
+        known = _SHAREABLE[model] = _deeply_immutable(model, frozenset())
     return known
 
 
-def _immutable(annotation: Any) -> bool:
+def _deeply_immutable(model: type[BaseModel], judging: frozenset[type[Any]]) -> bool:
+    """``shareable`` without its cache: a model met again while it is being judged (a cycle) is judged by its
+    other fields; nothing computed inside a cycle is cached, since it assumed an answer for the outer model."""
+    if model in judging:
+        return True
+    judging = judging | {model}
+    return (model.model_config.get("frozen", False) is True and model.model_config.get("extra") != "allow"
+            and not model.__private_attributes__
+            and all(_immutable(info.annotation, judging) for info in model.model_fields.values()))
+
+
+def _immutable(annotation: Any, judging: frozenset[type[Any]]) -> bool:
     origin = get_origin(annotation)
     if origin is Literal:
         return all(isinstance(value, _IMMUTABLE_LEAVES) for value in get_args(annotation))
     if origin is Annotated:
-        return _immutable(get_args(annotation)[0])
+        return _immutable(get_args(annotation)[0], judging)
     if origin in (Union, UnionType, tuple, frozenset):
-        return all(_immutable(arg) for arg in get_args(annotation) if arg is not Ellipsis)
+        return all(_immutable(arg, judging) for arg in get_args(annotation) if arg is not Ellipsis)
     if origin is None and isinstance(annotation, type):
         if issubclass(annotation, BaseModel):
-            return shareable(annotation)
+            return _deeply_immutable(annotation, judging)
         return issubclass(annotation, _IMMUTABLE_LEAVES) and not issubclass(annotation, (tuple, frozenset))
     return False
 

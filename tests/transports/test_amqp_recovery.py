@@ -131,11 +131,14 @@ async def test_first_connect_fails_fast_when_broker_is_unreachable() -> None:
 async def test_an_abandoned_transport_waits_for_nothing_on_a_dead_link(
     rabbitmq: str, amqp_cleanup: Callable[[str], None], prefix: str, figure: Callable[[str, object], None]
 ) -> None:
-    """A partition (the proxy stalls: no byte passes, no connection closes): after ``abandon`` publishes fail
-    at once, nothing reconnects, and ``aclose`` is bounded by the retire deadline, not by one confirm deadline
-    per consumer (here 3 x 5 s) as a graceful close on a dead link would be."""
-    for name in ("a", "b", "c"):
-        amqp_cleanup(f"{prefix}.{name}")
+    """A partition (the proxy stalls: no byte passes, no connection closes): after ``abandon`` a publish
+    waiting for its confirm fails at once, new publishes fail, nothing reconnects, and ``aclose`` is bounded by
+    the retire deadline, not by one confirm deadline per consumer (here 3 x 5 s) as a graceful close on a dead
+    link would be. And the dead connection really is retired: once the network heals, it does not come back
+    to life with its consumers (the broker sees it close)."""
+    queues = [f"{prefix}.{name}" for name in ("a", "b", "c")]
+    for queue in queues:
+        amqp_cleanup(queue)
     async with TcpProxy("127.0.0.1", 5672) as proxy:
         bus = AmqpTransport(proxy.url("amqp", "/"), prefix=prefix, connect_timeout=1.0, confirm_timeout=5.0)
         await bus.start()
@@ -146,17 +149,37 @@ async def test_an_abandoned_transport_waits_for_nothing_on_a_dead_link(
             await bus.publish("intent.capture.start", b"before", durable=True)
             await wait_until(lambda: len(work.bodies) == 3, 10, "the event on three queues")
             proxy.stall()
+            in_flight = asyncio.ensure_future(bus.publish("intent.capture.stop", b"in flight", durable=True))
+            await asyncio.sleep(0.05)  # the publish is written and waits for a confirm that cannot come
+            assert not in_flight.done()
+            began = time.monotonic()
             bus.abandon()
             assert not bus.connected
-            began = time.monotonic()
+            with pytest.raises(TransportUnavailable):
+                await in_flight
             for durable in (False, True):
                 with pytest.raises(TransportUnavailable):
                     await bus.publish("intent.capture.stop", b"after", durable=durable)
-            figure("publish_fails_after_abandon_s", round(time.monotonic() - began, 3))
+            figure("publishes_fail_after_abandon_s", round(time.monotonic() - began, 3))
             assert time.monotonic() - began < 0.5
         finally:
             began = time.monotonic()
             await bus.aclose()
             closed_in = time.monotonic() - began
+        proxy.heal()
+        await wait_until_no_consumers(rabbitmq, queues, timeout=15)
     figure("aclose_after_abandon_s", round(closed_in, 3))
     assert closed_in < 1.0 + 0.5, "closing an abandoned transport waited on the dead link"
+    assert work.bodies == [b"before"] * 3, "a callback ran on the abandoned connection"
+
+
+async def wait_until_no_consumers(url: str, queues: list[str], timeout: float) -> None:
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(timeout):
+        channel = await connection.channel()
+        while True:
+            counts = [(await channel.declare_queue(q, passive=True)).declaration_result.consumer_count
+                      for q in queues]
+            if not any(counts):
+                return
+            await asyncio.sleep(0.1)

@@ -15,6 +15,7 @@ backoff and jitter; the attempt counter resets once a frame gets through. ``run`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -171,7 +172,7 @@ class CaptureLoop:
             await reader.aclose()
 
     async def _deliver(self, item: DecodedFrame) -> None:
-        jpeg, blob = await asyncio.to_thread(self._encode_and_store, item)
+        jpeg, blob = await self._encode_and_store_whole(item)
         event = FrameReady(
             node_id=self.config.node_id, device=self.device, seq=self._seq, pts=item.pts,
             captured_at=datetime.fromtimestamp(item.decoded_at, UTC), width=jpeg.width, height=jpeg.height,
@@ -184,15 +185,36 @@ class CaptureLoop:
         except asyncio.CancelledError:
             # Stopping while the frame is being published: finish it (bounded) and account for it before the
             # loop ends, so a frame the broker got is counted, and a pinned blob is never left for nobody.
-            await asyncio.wait([emitting], timeout=STOP_EMIT_TIMEOUT_S)
-            emitting.cancel()
-            self._account(emitting, blob)
+            try:
+                await asyncio.wait([emitting], timeout=STOP_EMIT_TIMEOUT_S)
+            finally:
+                if not emitting.done():
+                    emitting.cancel()
+                    await asyncio.wait([emitting])
+                self._account(emitting, blob)
             raise
         self._account(emitting, blob)
 
+    async def _encode_and_store_whole(self, item: DecodedFrame) -> tuple[Jpeg, StoredBlob]:
+        """``_encode_and_store`` on a worker thread, which a cancellation cannot interrupt: when one comes,
+        the thread's work is waited for and its blob unpinned (no event will ever name it), then it goes on."""
+        work = asyncio.ensure_future(asyncio.to_thread(self._encode_and_store, item))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                _, blob = await work
+                if self.config.pin_frames:
+                    self._store.unpin(blob.sha256)
+            raise
+
     def _account(self, emitting: asyncio.Future[bool], blob: StoredBlob) -> None:
-        """Count a published frame (and the reader's drops so far); unpin the blob of one never sent."""
-        if emitting.done() and not emitting.cancelled() and emitting.result():
+        """Count a published frame (and the reader's drops so far). Unpin the blob of a frame that was never
+        sent; one whose publish was cut off keeps its pin, since it may have reached the broker (a consumer
+        must still find its blob)."""
+        if emitting.cancelled():
+            pass
+        elif emitting.result():
             self.stats.published += 1
             self._captured_metric.inc()
         elif self.config.pin_frames:

@@ -43,9 +43,11 @@ class Link:
             self.transport.abandon()
 
     async def aclose(self) -> None:
-        if self.lease is not None:
-            await self.lease.aclose()
-        await self.transport.aclose()
+        try:
+            if self.lease is not None:
+                await self.lease.aclose()
+        finally:
+            await self.transport.aclose()
 
 
 def link_settings(settings: Settings, discovered: Endpoints | None) -> Settings:

@@ -45,6 +45,7 @@ class Node:
         self.session: Session | None = None
         self.discovery = NoDiscovery()
         self._stop = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._heartbeats = HeartbeatSource(
             self.node_id,
             services=[s.name for s in self.services],
@@ -64,8 +65,7 @@ class Node:
         """Run sessions until stopped: cluster when the infrastructure is reachable, else solo."""
         remove_cluster_file(self.settings.state_dir)
         try:
-            async with open_discovery(self.settings, self.node_id) as self.discovery, \
-                    asyncio.TaskGroup() as retiring:
+            async with open_discovery(self.settings, self.node_id) as self.discovery:
                 if self.settings.amqp_url is None:
                     await self.discovery.wait_for_endpoints(DISCOVERY_GRACE_S)
                 lost = False
@@ -75,13 +75,23 @@ class Node:
                         reason = await self._run_session(link)
                     finally:
                         lost = link.abandoned
-                        if lost:  # its deadlines must not delay solo: retired alongside the next session
-                            retiring.create_task(_retire(link), name="thatdam-retire-link")
+                        if lost:
+                            self._retire_alongside(link)
                         else:
                             await link.aclose()
                     log.info("session ended: %s", reason)
         finally:
+            if self._retiring:
+                await asyncio.wait(self._retiring)  # each is bounded by its link's own deadlines
             log.info("node %s stopped", self.node_id)
+
+    def _retire_alongside(self, link: Link) -> None:
+        """Close an abandoned link while the next session runs: its deadlines must not delay solo. The node
+        owns the task (``_retiring``) and waits for it before ``run`` returns. Not a ``TaskGroup``: one would
+        wrap every error of ``run`` in an ``ExceptionGroup``, which callers (the CLI) do not expect."""
+        task = asyncio.create_task(_retire(link), name="thatdam-retire-link")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def link_settings(self) -> Settings:
         """Explicit environment > mDNS > CLOUD_CONTROL_URL (``link.link_settings``), asked afresh each time."""

@@ -32,7 +32,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
-from thatdam_bus.errors import PublishRefused
+from thatdam_bus.errors import PublishRefused, TransportClosed
 from thatdam_bus.transports.amqp_acks import AckWindow
 from thatdam_bus.transports.amqp_link import APP_ID, LOG, Link, confirmed_publish
 from thatdam_bus.transports.amqp_recovery import backoff_delay
@@ -147,6 +147,8 @@ class AmqpSubscription:
                 ok = await underlay.basic_consume(name, partial(self._on_message, link, name, acks))
                 tag = str(ok.consumer_tag)
                 await self._watch_consumer(link, channel, tag)
+                if self.cancelled:  # abandoned while attaching (it takes no lock): this consumer must not live
+                    raise TransportClosed(f"subscription to {name} was abandoned while it attached")
             except BaseException:
                 await _close_quietly(channel, self._settings.timeout)
                 raise
@@ -247,6 +249,8 @@ class AmqpSubscription:
 
     async def _on_message(self, link: Link, queue: str, acks: AckWindow, message: DeliveredMessage) -> None:
         """The per-message path: kept free of logging, validation and allocations beyond the Delivery."""
+        if self.cancelled:  # abandoned: its connection is being retired, and the broker will redeliver this
+            return
         tag = cast(Basic.Deliver, message.delivery).delivery_tag or 0
         acks.delivered(tag)
         task = asyncio.current_task()

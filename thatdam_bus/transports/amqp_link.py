@@ -78,6 +78,17 @@ class Link:
     events_channel: Channel
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     transient_sent: int = 0
+    confirm_waits: set[asyncio.Timeout] = field(default_factory=set)
+    """The deadlines of publishes waiting for their confirm on this link (``give_up`` expires them)."""
+
+    def give_up(self) -> None:
+        """The broker is out of reach: mark the link lost and expire every confirm wait on it now. A confirm
+        that cannot come would otherwise hold its publisher (and a node moving to solo) for the whole deadline;
+        expired, the publish fails as unavailable and the ``Bus`` holds a durable event in its outbox."""
+        self.lost.set()
+        now = asyncio.get_running_loop().time()
+        for deadline in list(self.confirm_waits):
+            deadline.reschedule(now)
 
 
 def _new_broker(settings: LinkSettings, lost: asyncio.Event) -> RabbitBroker:
@@ -168,13 +179,19 @@ async def publish_confirmed(link: Link, routing_key: str, body: bytes, headers: 
     properties = Basic.Properties(content_type=content_type, delivery_mode=2 if persistent else 1,
                                   headers=headers, app_id=APP_ID)
     try:
-        async with asyncio.timeout(timeout):
-            result = await link.events_channel.basic_publish(
-                body, exchange=link.events.name, routing_key=routing_key, properties=properties,
-                mandatory=mandatory, wait=False)
+        async with asyncio.timeout(timeout) as deadline:
+            link.confirm_waits.add(deadline)
+            try:
+                result = await link.events_channel.basic_publish(
+                    body, exchange=link.events.name, routing_key=routing_key, properties=properties,
+                    mandatory=mandatory, wait=False)
+            finally:
+                link.confirm_waits.discard(deadline)
     except DeliveryError as exc:
         raise PublishRefused(f"broker refused message for {routing_key!r}: {exc}") from exc
     except TimeoutError as exc:
+        if link.lost.is_set():
+            raise TransportUnavailable(f"the connection was given up before {routing_key!r} was confirmed") from exc
         raise TransportUnavailable(f"no publisher confirm for {routing_key!r} within {timeout}s") from exc
     except CONNECTION_ERRORS as exc:
         raise as_transport_error(exc, f"publish to {routing_key!r}") from exc

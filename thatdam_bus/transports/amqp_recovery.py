@@ -54,7 +54,7 @@ class Supervisor:
         self._restore_timeout = restore_timeout
         self._retire_timeout = retire_timeout
         self._link: Link | None = None
-        self._abandoned: Link | None = None
+        self._retiring: Link | None = None
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.state = LinkState.NEW
@@ -125,6 +125,9 @@ class Supervisor:
         try:
             async with asyncio.timeout(self._restore_timeout):
                 await self._restore(link)
+        except asyncio.CancelledError:  # closed or abandoned meanwhile: this link was never installed
+            await retire(link.broker, self._retire_timeout)
+            raise
         except Exception as exc:
             LOG.warning("restore after reconnect attempt %d failed: %s: %s", attempt, type(exc).__name__, exc)
             link.lost.set()
@@ -134,20 +137,28 @@ class Supervisor:
         return link
 
     def abandon(self) -> None:
-        """The broker is out of reach: from now on ``current`` fails at once and nothing reconnects.
-        ``aclose`` still retires the connection (bounded), off the caller's critical path."""
+        """The broker is out of reach: from now on ``current`` fails at once, nothing reconnects, and publishes
+        waiting for a confirm on the last link fail now (``Link.give_up``). ``aclose`` still retires that
+        connection (bounded), off the caller's critical path."""
+        link = self._link
+        self._close_for_good()
+        if link is not None:
+            link.give_up()
+
+    def _close_for_good(self) -> None:
         self.state = LinkState.CLOSED
         if self._task is not None:
             self._task.cancel()
-        self._abandoned, self._link = self._link, None
+        if self._link is not None:  # kept for aclose, which retires it (abandon may have come first)
+            self._retiring, self._link = self._link, None
         self._ready.set()
 
     async def aclose(self) -> None:
-        self.abandon()
+        self._close_for_good()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        link, self._abandoned = self._abandoned, None
+        link, self._retiring = self._retiring, None
         if link is not None:
             await retire(link.broker, self._retire_timeout)
