@@ -260,14 +260,15 @@ class Session:
                 await asyncio.sleep(self.settings.probe_interval)
                 if await cluster_available(self._probe()):
                     return "infrastructure appeared: joining the cluster"
-        reason = await self._link_lost()
-        self._give_up_link()
+        reason, lease_lost_too = await self._link_lost()
+        self._give_up_link(release_lease=not lease_lost_too)
         return reason
 
-    async def _link_lost(self) -> str:
-        """Returns once the broker is out of reach: at once when the lease backend fails and the broker does
-        not accept a TCP connection either (a partition: the node must be solo before its lease could expire),
-        or when the broker connection stays down for a ttl (recovery had its chance)."""
+    async def _link_lost(self) -> tuple[str, bool]:
+        """Returns once the broker is out of reach, and whether the lease backend is too: at once when the
+        lease backend fails and the broker does not accept a TCP connection either (a partition: the node must
+        be solo before its lease could expire), or when the broker connection stays down for a ttl (recovery
+        had its chance)."""
         fallback_after = self.settings.lease_ttl
         down_since: float | None = None
         while True:
@@ -277,14 +278,14 @@ class Session:
             if self._lease_trouble.is_set():
                 self._lease_trouble.clear()
                 if not await self._broker_answers():
-                    return "lease backend and broker both out of reach: falling back to solo"
+                    return "lease backend and broker both out of reach: falling back to solo", True
             transport = self.link.transport
             if not isinstance(transport, NetworkTransport) or transport.connected:
                 down_since = None
             elif down_since is None:
                 down_since = time.monotonic()
             elif time.monotonic() - down_since > fallback_after:
-                return f"broker unreachable for {fallback_after:.1f}s: falling back to solo"
+                return f"broker unreachable for {fallback_after:.1f}s: falling back to solo", False
 
     async def _broker_answers(self) -> bool:
         """A TCP connect to the broker with a short deadline, tried twice (a connect is answered by the peer's
@@ -299,12 +300,13 @@ class Session:
                 return True
         return False
 
-    def _give_up_link(self) -> None:
-        """Stop waiting on the lost link before the session's duties are cancelled: the keeper ends its term
-        without a release (Redis is out of reach), and nothing waits for the broker while the session ends."""
+    def _give_up_link(self, *, release_lease: bool) -> None:
+        """Stop waiting on the lost link before the session's duties are cancelled: nothing waits for the
+        broker while the session ends, and the keeper ends its term, releasing the lease only if its backend
+        may still answer (a release into a partition could only wait out its deadline)."""
         self._ending = True
         if self.keeper is not None:
-            self.keeper.release_on_exit = False
+            self.keeper.release_on_exit = release_lease
         self.link.abandon()
 
     def __repr__(self) -> str:
