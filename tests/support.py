@@ -45,3 +45,25 @@ class Collector:
 
     async def wait_body(self, body: bytes, timeout: float = 10.0) -> None:
         await wait_until(lambda: body in self.bodies, timeout, f"delivery of {body!r}")
+
+
+async def queue_until(url: str, name: str, ready: Callable[[int, int], bool], timeout: float = 30.0) -> None:
+    """Poll queue ``name`` with passive declares until ``ready(messages, consumers)``; a queue that does not
+    exist yet is waited for (its 404 closes the channel, so each poll opens its own)."""
+    import aio_pika
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    connection = await aio_pika.connect(url)
+    async with connection, asyncio.timeout(timeout):
+        while True:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity:
+                pass
+            else:
+                await channel.close()
+                result = queue.declaration_result
+                if ready(result.message_count or 0, result.consumer_count or 0):
+                    return
+            await asyncio.sleep(0.1)

@@ -8,10 +8,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-import aio_pika
 import orjson
-from aiormq.exceptions import ChannelNotFoundEntity
 
+from tests.support import queue_until
 from tests.tools.tail_process import TailProcess
 
 Publish = Callable[[str, bytes], Awaitable[None]]
@@ -78,32 +77,12 @@ async def _seq(tail: TailProcess, run: str) -> int:
 
 async def stream_declared(url: str, name: str, timeout: float = 30.0) -> None:
     """Wait until the leader has declared the recorder stream (a passive declare succeeds)."""
-    connection = await aio_pika.connect(url)
-    async with connection, asyncio.timeout(timeout):
-        while True:
-            channel = await connection.channel()
-            try:
-                await channel.declare_queue(name, passive=True)
-                return
-            except ChannelNotFoundEntity:
-                await asyncio.sleep(0.1)
+    await queue_until(url, name, lambda _messages, _consumers: True, timeout)
 
 
 async def has_consumer(url: str, name: str, timeout: float = 30.0) -> None:
     """Wait until the durable queue ``name`` exists and a node consumes it (a passive declare reports one)."""
-    connection = await aio_pika.connect(url)
-    async with connection, asyncio.timeout(timeout):
-        while True:
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue(name, passive=True)
-            except ChannelNotFoundEntity:  # the 404 closed the channel
-                pass
-            else:
-                await channel.close()
-                if queue.declaration_result.consumer_count:
-                    return
-            await asyncio.sleep(0.1)
+    await queue_until(url, name, lambda _messages, consumers: consumers > 0, timeout)
 
 
 def free_port() -> int:

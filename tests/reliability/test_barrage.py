@@ -12,6 +12,7 @@ anything but ``rejected``, no capture started, every message sent to a durable q
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import AMQP_URL, REDIS_URL, delete_amqp_prefix, require_service
 from tests.nodes import NodeProcess
+from tests.support import queue_until
 from thatdam_bus.envelope import encode
 from thatdam_bus.events.intent import CaptureStartIntent, CaptureStopIntent
 from thatdam_bus.publisher import Bus
@@ -87,19 +89,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             exchange = await channel.get_exchange(prefix)  # passive: the node declared it
             durable = [f"{prefix}.capture.start.{node_id}", f"{prefix}.capture.stop.{node_id}",
                        f"{prefix}.indexer.index"]
-            deadline = time.monotonic() + 20
             for name in durable:  # the leader's durable consumers are up before anything is sent
-                while True:
-                    try:
-                        declared = await channel.declare_queue(name, passive=True)
-                    except aio_pika.exceptions.ChannelClosed:
-                        channel = await connection.channel()  # type: ignore[union-attr]
-                        exchange = await channel.get_exchange(prefix)
-                    else:
-                        if declared.declaration_result.consumer_count >= 1:
-                            break
-                    assert time.monotonic() < deadline, f"no consumer on {name}"
-                    await asyncio.sleep(0.2)
+                await queue_until(AMQP_URL, name, lambda _messages, consumers: consumers >= 1, timeout=20)
             await asyncio.sleep(1.0)  # the ephemeral (heartbeat, leader) queues are bound by now too
             observer = await channel.declare_queue(exclusive=True, auto_delete=True)
             for key in (f"node.{node_id}.heartbeat", "intent.result.#", "capture.#"):
@@ -202,12 +193,8 @@ async def _aftermath(rig: Rig, barrage_ended: float) -> dict[str, Any]:
     """Wait for the dead letters of every durable message, then gather what the node published."""
     channel = rig.channel
     dead_name = f"{rig.prefix}.dead-letters"
-    deadline = time.monotonic() + 30
-    while True:
-        dead_queue = await channel.declare_queue(dead_name, passive=True)
-        if dead_queue.declaration_result.message_count >= rig.durable_sent or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+    with contextlib.suppress(TimeoutError):  # short of them, the assertions on what arrived say what is missing
+        await queue_until(AMQP_URL, dead_name, lambda messages, _consumers: messages >= rig.durable_sent, timeout=30)
     await asyncio.sleep(1.0)  # any extra dead letter (there must be none) would show up meanwhile
     dead = await _drain(await channel.declare_queue(dead_name, passive=True))
     observed: list[aio_pika.abc.AbstractIncomingMessage] = []

@@ -20,7 +20,7 @@ import aio_pika
 import pytest
 
 from tests.conftest import ON_CI
-from tests.support import Collector, wait_until
+from tests.support import Collector, queue_until, wait_until
 from tests.tcp_proxy import TcpProxy
 from thatdam_bus.errors import TransportUnavailable
 from thatdam_bus.transports.amqp import AmqpTransport
@@ -167,19 +167,9 @@ async def test_an_abandoned_transport_waits_for_nothing_on_a_dead_link(
             await bus.aclose()
             closed_in = time.monotonic() - began
         proxy.heal()
-        await wait_until_no_consumers(rabbitmq, queues, timeout=15)
+        for queue in queues:
+            await queue_until(rabbitmq, queue, lambda _messages, consumers: consumers == 0, timeout=15)
     figure("aclose_after_abandon_s", round(closed_in, 3))
     assert closed_in < 1.0 + 0.5, "closing an abandoned transport waited on the dead link"
     assert work.bodies == [b"before"] * 3, "a callback ran on the abandoned connection"
 
-
-async def wait_until_no_consumers(url: str, queues: list[str], timeout: float) -> None:
-    connection = await aio_pika.connect(url)
-    async with connection, asyncio.timeout(timeout):
-        channel = await connection.channel()
-        while True:
-            counts = [(await channel.declare_queue(q, passive=True)).declaration_result.consumer_count
-                      for q in queues]
-            if not any(counts):
-                return
-            await asyncio.sleep(0.1)

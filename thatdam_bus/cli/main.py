@@ -68,24 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="thatdam", description="thatdam-bus node and tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="run a node (configured by THATDAM_* environment variables)")
-    up.set_defaults(func=_up)
-    tail = commands.add_parser("tail", help="print live events (same as bus-tail)")
-    add_tail_arguments(tail)
-    tail.set_defaults(func=_tail)
-    publish = commands.add_parser("publish", help="publish events, signing intents (exit 0/1/2/3/4)")
-    add_publish_arguments(publish)
-    publish.set_defaults(func=_publish)
-    status = commands.add_parser("status", help="leader, epoch and members, read off the bus (exit 3: none)")
-    add_status_arguments(status)
-    status.set_defaults(func=_status)
-    docs = commands.add_parser("docs", help="write the AsyncAPI document (JSON, YAML) and an offline HTML page")
-    add_docs_arguments(docs)
-    docs.set_defaults(func=_docs)
-    infra = commands.add_parser("advertise-infra", help="advertise this host's RabbitMQ and Redis over mDNS "
-                                "(for hosts that run them but no node)")
-    add_infra_arguments(infra)
-    infra.set_defaults(func=_advertise_infra)
+    for name, help_text, add_arguments, run in (
+        ("up", "run a node (configured by THATDAM_* environment variables)", None, _up),
+        ("tail", "print live events (same as bus-tail)", add_tail_arguments, _tail),
+        ("publish", "publish events, signing intents (exit 0/1/2/3/4)", add_publish_arguments, _publish),
+        ("status", "leader, epoch and members, read off the bus (exit 3: none)", add_status_arguments, _status),
+        ("docs", "write the AsyncAPI document (JSON, YAML) and an offline HTML page", add_docs_arguments, _docs),
+        ("advertise-infra", "advertise this host's RabbitMQ and Redis over mDNS (for hosts that run them but no "
+         "node)", add_infra_arguments, _advertise_infra),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        if add_arguments is not None:
+            add_arguments(command)
+        command.set_defaults(func=run)
     return parser
 
 

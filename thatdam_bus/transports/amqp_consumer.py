@@ -306,11 +306,7 @@ class AmqpSubscription:
             return
         try:
             for event in events:
-                outcome = await self._outcome(event)
-                if outcome.fate is Fate.REQUEUE:
-                    await self._republish_retry(link, message, event)
-                elif outcome.fate is Fate.DEAD_LETTER:
-                    await self._publish_dead_letter(link, message, event, outcome.reason or "dead-lettered")
+                await self._settle(link, message, event, await self._outcome(event))
         except Exception as exc:
             # A republish failed: the whole batch goes back (its settled events come again: at least once).
             LOG.debug("could not settle a batch on %s: %s: %s", outer.queue, type(exc).__name__, exc)
@@ -322,13 +318,10 @@ class AmqpSubscription:
         self, link: Link, acks: AckWindow, tag: int, message: DeliveredMessage, delivery: Delivery, outcome: Outcome
     ) -> None:
         try:
-            if outcome.fate is Fate.REQUEUE:
-                if not await self._republish_retry(link, message, delivery):
-                    # The queue is going away (a tap being cancelled): leave it to the broker's requeue.
-                    await acks.nack(tag)
-                    return
-            elif outcome.fate is Fate.DEAD_LETTER:
-                await self._publish_dead_letter(link, message, delivery, outcome.reason or "dead-lettered")
+            if not await self._settle(link, message, delivery, outcome):
+                # The queue is going away (a tap being cancelled): leave it to the broker's requeue.
+                await acks.nack(tag)
+                return
         except Exception as exc:
             # The channel or connection is gone (the broker redelivers the unacked message), or a republish
             # was refused: either way the message stays with the broker, never dropped.
@@ -336,6 +329,15 @@ class AmqpSubscription:
             await acks.nack(tag)
             return
         acks.ack(tag)
+
+    async def _settle(self, link: Link, message: DeliveredMessage, delivery: Delivery, outcome: Outcome) -> bool:
+        """Carry out a requeue (republished with its attempt count) or a dead letter; an ack needs nothing
+        here. False when the queue no longer takes the retry."""
+        if outcome.fate is Fate.REQUEUE:
+            return await self._republish_retry(link, message, delivery)
+        if outcome.fate is Fate.DEAD_LETTER:
+            await self._publish_dead_letter(link, message, delivery, outcome.reason or "dead-lettered")
+        return True
 
     async def _republish_retry(self, link: Link, message: DeliveredMessage, delivery: Delivery) -> bool:
         """Republish to the same queue with the attempt count; False if the queue no longer takes it."""
