@@ -12,21 +12,17 @@ import asyncio
 import inspect
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import delete_amqp_prefix
 from tests.nodes import NodeProcess
 from tests.support import Collector, wait_until
 from tests.tcp_proxy import TcpProxy
 from thatdam_bus.node import session as session_module
 from thatdam_bus.outbox import OUTBOX_FILE
-from thatdam_bus.transports.amqp import AmqpTransport
-from thatdam_bus.transports.base import QueueKind, QueueSpec
 
 SESSION_HOOKED = "bus.drain()" in inspect.getsource(session_module)
 pytestmark = [
@@ -49,23 +45,6 @@ def held_in(state_dir: Path) -> int:
             return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
     except sqlite3.Error:
         return 0  # removed (drained) between the check and the read, or not initialised yet
-
-
-@pytest.fixture
-async def frames(rabbitmq: str, prefix: str) -> AsyncIterator[tuple[Collector, str]]:
-    """A durable queue on the shared broker taking one node's frames; yields the collector and the node id."""
-    node_id = f"cut-{uuid.uuid4().hex[:6]}"
-    transport = AmqpTransport(rabbitmq, prefix=prefix)
-    await transport.start()
-    got = Collector()
-    spec = QueueSpec((f"frame.{node_id}.cam.ready",), kind=QueueKind.DURABLE, name="cut.frames", prefetch=512)
-    await transport.subscribe(spec, got)
-    try:
-        yield got, node_id
-    finally:
-        await transport.aclose()
-        queues = [f"{prefix}.cut.frames", *(f"{prefix}.capture.{verb}.{node_id}" for verb in ("start", "stop"))]
-        await delete_amqp_prefix(rabbitmq, prefix, queues)
 
 
 def seqs(got: Collector) -> list[int]:

@@ -15,22 +15,18 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
 import orjson
 import pytest
 
-from tests.conftest import delete_amqp_prefix
 from tests.nodes import NodeProcess
-from tests.reliability.test_node_outbox import SESSION_HOOKED, held_in
+from tests.reliability.test_node_outbox import SESSION_HOOKED, held_in, seqs
 from tests.support import Collector, wait_until
 from tests.tcp_proxy import TcpProxy
 from thatdam_bus.outbox import OUTBOX_FILE
-from thatdam_bus.transports.amqp import AmqpTransport
-from thatdam_bus.transports.base import QueueKind, QueueSpec
 
 pytestmark = [
     pytest.mark.broker,
@@ -46,27 +42,6 @@ def held_events(state_dir: Path) -> list[tuple[str, int]]:
     with sqlite3.connect(f"file:{state_dir / OUTBOX_FILE}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT routing_key, body FROM outbox ORDER BY id").fetchall()
     return [(key, orjson.loads(body)["data"]["seq"]) for key, body in rows]
-
-
-@pytest.fixture
-async def frames(rabbitmq: str, prefix: str) -> AsyncIterator[tuple[Collector, str]]:
-    node_id = f"kill-{uuid.uuid4().hex[:6]}"
-    transport = AmqpTransport(rabbitmq, prefix=prefix)
-    await transport.start()
-    got = Collector()
-    spec = QueueSpec((f"frame.{node_id}.cam.ready",), kind=QueueKind.DURABLE, name="kill.frames", prefetch=512)
-    await transport.subscribe(spec, got)
-    try:
-        yield got, node_id
-    finally:
-        await transport.aclose()
-        queues = [f"{prefix}.kill.frames", *(f"{prefix}.capture.{verb}.{node_id}" for verb in ("start", "stop"))]
-        await delete_amqp_prefix(rabbitmq, prefix, queues)
-
-
-def seqs(got: Collector) -> list[int]:
-    first = dict.fromkeys((d.headers.get("ce-id"), orjson.loads(d.body)["data"]["seq"]) for d in got.got)
-    return [seq for _, seq in first]
 
 
 async def consumer_counts(url: str, queues: list[str]) -> dict[str, int]:
