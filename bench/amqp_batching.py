@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round, run_paced
-from common import PATTERN, Child, Row, command_line, interleave, median, medians, unique_prefix
+from amqp_kit import BusPublisher, Plan, RawPublisher, consumer_process, one_round, run_paced
+from common import PATTERN, Row, command_line, interleave, median, medians, unique_prefix
 
 from thatdam_bus.transports.batching import BatchPolicy
 
@@ -29,8 +29,6 @@ async def main(args: argparse.Namespace) -> Row:
     plan = Plan(unique_prefix("batching"), prefetch=args.prefetch)
     policy = BatchPolicy(patterns=(PATTERN,), max_events=args.max_events, linger=args.linger)
     slower = BatchPolicy(patterns=(PATTERN,), max_events=args.max_events, linger=args.compare_linger)
-    child = Child(consumer_main)
-    await declare(plan.prefix, plan.queue_type)
 
     def batched(chosen: BatchPolicy = policy) -> BusPublisher:
         return BusPublisher(plan.prefix, False, plan.queue_type, batch=chosen)
@@ -39,7 +37,7 @@ async def main(args: argparse.Namespace) -> Row:
         for _ in range(args.count):
             await publisher.publish()
 
-    try:
+    async with consumer_process(plan) as child:
         runs = await interleave({
             "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, False), drive, args.count),
             "batched": lambda: one_round(child, plan, "bus", batched(), drive, args.count),
@@ -57,9 +55,6 @@ async def main(args: argparse.Namespace) -> Row:
             f"paced, linger {args.compare_linger * 1000:g} ms": lambda: one_round(
                 child, paced, "bus", batched(slower), drive_paced, expect),
         }, args.rounds, show="rate,p50_ms,p99_ms")
-    finally:
-        await child.close()
-        await cleanup(plan.prefix)
     base, ours, at_load = medians(runs["raw"]), medians(runs["batched"]), medians(loaded["paced"])
     compared = medians(loaded[f"paced, linger {args.compare_linger * 1000:g} ms"])
     sustained = at_load["rate"] >= 0.97 * load

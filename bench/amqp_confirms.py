@@ -14,29 +14,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round, run_window
-from common import Child, Row, interleave, throughput_row, unique_prefix
+from amqp_kit import BusPublisher, Plan, RawPublisher, raw_against_bus, run_window
+from common import Row, throughput_row, unique_prefix
 
 TARGET = 0.9
 
 
 async def main(args: argparse.Namespace) -> Row:
     plan = Plan(unique_prefix("confirms"), durable=True, queue_type=args.queue_type, prefetch=args.prefetch)
-    child = Child(consumer_main)
-    await declare(plan.prefix, plan.queue_type)
 
     async def drive(publisher: RawPublisher | BusPublisher) -> None:
         await run_window(publisher.publish, args.count, args.window)
 
-    try:
-        runs = await interleave({
-            "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, True), drive, args.count),
-            "bus": lambda: one_round(child, plan, "bus", BusPublisher(plan.prefix, True, plan.queue_type), drive,
-                                     args.count),
-        }, args.rounds, show="rate,publisher_cpu_us,consumer_cpu_us")
-    finally:
-        await child.close()
-        await cleanup(plan.prefix)
+    runs = await raw_against_bus(plan, drive, args.count, args.rounds, "rate,publisher_cpu_us,consumer_cpu_us")
     title = f"RabbitMQ persistent + confirms ({args.window} in flight), {args.queue_type} queue"
     return throughput_row(f"amqp_confirms_{args.queue_type}", title, runs, "raw", TARGET, args.rounds,
                           {"count": args.count, "window": args.window, "queue_type": args.queue_type,

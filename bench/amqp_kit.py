@@ -13,16 +13,18 @@ baseline publishes the bytes of an encoded envelope with the headers and propert
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import orjson
-from common import AMQP_URL, PATTERN, ROUTING_KEY, Tick, Work, quantiles
+from common import AMQP_URL, PATTERN, ROUTING_KEY, Child, Tick, Work, interleave, quantiles
 
 from thatdam_bus import Role, load_settings
 from thatdam_bus.context import HandlerContext
@@ -342,3 +344,27 @@ async def one_round(child: Any, plan: Plan, variant: str, publisher: Any, drive:
     if answer["count"] < expect:
         print(f"  warning: {variant} consumer saw {answer['count']} of {expect} events", flush=True)
     return summarize(answer, start, pub_cpu)
+
+
+@contextlib.asynccontextmanager
+async def consumer_process(plan: Plan) -> AsyncIterator[Child]:
+    """The consumer in its own process, with the bench's queue declared; both gone when the block ends."""
+    child = Child(consumer_main)
+    await declare(plan.prefix, plan.queue_type)
+    try:
+        yield child
+    finally:
+        await child.close()
+        await cleanup(plan.prefix)
+
+
+async def raw_against_bus(plan: Plan, drive: Callable[[Any], Awaitable[None]], expect: int, rounds: int,
+                          show: str) -> dict[str, list[dict[str, Any]]]:
+    """Raw aio-pika and ``Bus.publish`` driven alike on the same exchange, queue and consumer process,
+    interleaved round by round (``raw``, ``bus``)."""
+    async with consumer_process(plan) as child:
+        return await interleave({
+            "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, plan.durable), drive, expect),
+            "bus": lambda: one_round(child, plan, "bus", BusPublisher(plan.prefix, plan.durable, plan.queue_type),
+                                     drive, expect),
+        }, rounds, show=show)

@@ -13,30 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round, run_paced
-from common import Child, Row, command_line, interleave, medians, unique_prefix
+from amqp_kit import BusPublisher, Plan, RawPublisher, raw_against_bus, run_paced
+from common import Row, command_line, medians, unique_prefix
 
 TARGET = 1.3
 
 
 async def main(args: argparse.Namespace) -> Row:
     plan = Plan(unique_prefix("latency"), latency=True, prefetch=args.prefetch)
-    child = Child(consumer_main)
-    await declare(plan.prefix, plan.queue_type)
     expect = int(args.rate * args.seconds)
 
     async def drive(publisher: RawPublisher | BusPublisher) -> None:
         await run_paced(publisher.publish, args.rate, args.seconds)
 
-    try:
-        runs = await interleave({
-            "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, False), drive, expect),
-            "bus": lambda: one_round(child, plan, "bus", BusPublisher(plan.prefix, False, plan.queue_type), drive,
-                                     expect),
-        }, args.rounds, show="rate,p50_ms,p99_ms")
-    finally:
-        await child.close()
-        await cleanup(plan.prefix)
+    runs = await raw_against_bus(plan, drive, expect, args.rounds, "rate,p50_ms,p99_ms")
     base, ours = medians(runs["raw"]), medians(runs["bus"])
     row = Row("amqp_latency", f"RabbitMQ publish-to-handler latency at {args.rate:g} events/s (p99)",
               command_line(), "p99 latency", "ms", base["p99_ms"], ours["p99_ms"], f"<= {TARGET}x",

@@ -12,30 +12,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from amqp_kit import BusPublisher, Plan, RawPublisher, cleanup, consumer_main, declare, one_round
-from common import Child, Row, interleave, throughput_row, unique_prefix
+from amqp_kit import BusPublisher, Plan, RawPublisher, raw_against_bus
+from common import Row, throughput_row, unique_prefix
 
 TARGET = 0.85
 
 
 async def main(args: argparse.Namespace) -> Row:
     plan = Plan(unique_prefix("tput"), prefetch=args.prefetch)
-    child = Child(consumer_main)
-    await declare(plan.prefix, plan.queue_type)
 
     async def drive(publisher: RawPublisher | BusPublisher) -> None:
         for _ in range(args.count):
             await publisher.publish()
 
-    try:
-        runs = await interleave({
-            "raw": lambda: one_round(child, plan, "raw", RawPublisher(plan.prefix, False), drive, args.count),
-            "bus": lambda: one_round(child, plan, "bus", BusPublisher(plan.prefix, False, plan.queue_type), drive,
-                                     args.count),
-        }, args.rounds, show="rate,publisher_cpu_us,consumer_cpu_us")
-    finally:
-        await child.close()
-        await cleanup(plan.prefix)
+    runs = await raw_against_bus(plan, drive, args.count, args.rounds, "rate,publisher_cpu_us,consumer_cpu_us")
     return throughput_row("amqp_throughput", "RabbitMQ throughput, transient, consumer in its own process", runs,
                           "raw", TARGET, args.rounds, {"count": args.count, "prefetch": args.prefetch})
 
