@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sqlite3
 import tempfile
 import time
@@ -33,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 import av
+from common import machine
 
 from handlers import capture, indexer
 from thatdam_bus import Role, load_settings
@@ -128,22 +127,9 @@ def latencies(path: Path, since: datetime) -> tuple[float, ...]:
     return tuple(spans)
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})")
-
-
 async def main(args: argparse.Namespace) -> None:
     source = f"test://testsrc2?size={args.size}&rate={args.rate:g}"
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info})")
     print(f"state: {args.dir or tempfile.gettempdir()}")
     print(f"input: {args.size} at {args.rate:g} fps, sampled at {args.fps:g} fps, JPEG {args.width} px wide")
     base = await asyncio.to_thread(baseline, args.size, args.rate, args.width, int(args.rate * args.seconds))
