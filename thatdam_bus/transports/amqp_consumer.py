@@ -198,28 +198,31 @@ class AmqpSubscription:
             return
         LOG.error("QUEUE %s HAS NO CONSUMER from this node until the next reconnect", self._name)
 
-    def abandon(self) -> None:
-        """Forget the consumer without a word to the broker, which is out of reach: in-flight callbacks are
-        cancelled (their acks could not be delivered) and the broker redelivers their messages elsewhere once
-        it notices the connection is gone. The channel dies with the connection."""
+    def _stop_repairs(self) -> bool:
+        """Mark the subscription cancelled (deliveries from now on are ignored, nothing re-consumes it) and
+        leave the transport's set; False if it already was."""
         if self.cancelled:
-            return
+            return False
         self.cancelled = True
         self._on_cancel(self)
         if self._repair is not None:
             self._repair.cancel()
+        return True
+
+    def abandon(self) -> None:
+        """Forget the consumer without a word to the broker, which is out of reach: in-flight callbacks are
+        cancelled (their acks could not be delivered) and the broker redelivers their messages elsewhere once
+        it notices the connection is gone. The channel dies with the connection."""
+        if not self._stop_repairs():
+            return
         for task in self._inflight - {asyncio.current_task()}:
             task.cancel()
         self._link = self._channel = self._queue = self._tag = self._underlay = self._acks = None
 
     async def cancel(self) -> None:
         """Stop deliveries, let in-flight callbacks settle (bounded), then close the channel."""
-        if self.cancelled:
+        if not self._stop_repairs():
             return
-        self.cancelled = True
-        self._on_cancel(self)
-        if self._repair is not None:
-            self._repair.cancel()
         timeout = self._settings.timeout
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
