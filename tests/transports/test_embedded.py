@@ -20,7 +20,7 @@ from thatdam_bus.errors import (
     TransportUnavailable,
 )
 from thatdam_bus.transports.base import REASON_HEADER, Delivery, Fate, Outcome, QueueKind, QueueSpec, Source
-from thatdam_bus.transports.embedded import EmbeddedTransport
+from thatdam_bus.transports.embedded import YIELD_DEPTH, EmbeddedTransport
 from thatdam_bus.transports.socket_client import SocketTransport
 from thatdam_bus.transports.workers import MAX_WORKERS
 
@@ -237,6 +237,26 @@ async def test_full_ephemeral_view_drops_its_oldest(prefix: str, caplog: pytest.
         await wait_until(lambda: len(seen) == 6, what="the five newest heartbeats")
         assert seen == [b"0", b"16", b"17", b"18", b"19", b"20"]
         assert sum("is full" in r.message for r in caplog.records) == 1
+
+
+async def test_a_fast_publisher_lets_in_process_consumers_keep_pace(prefix: str) -> None:
+    """A publisher that never awaits anything else yields once a queue holds a burst, not at half its limit:
+    each consumer then finds at most ``YIELD_DEPTH`` + 1 messages waiting, however many are published."""
+    async with EmbeddedTransport(prefix=prefix, queue_limit=10_000) as bus:
+        deepest: list[int] = []
+        queues: list[str] = []
+
+        async def sink(delivery: Delivery) -> Outcome:
+            deepest.append(len(bus.broker.queues[delivery.queue]) + 1)
+            return Outcome(Fate.ACK)
+
+        for _ in range(3):
+            queues.append((await bus.subscribe(QueueSpec(patterns=("tick.#",), prefetch=1), sink)).queue)
+        for n in range(2_000):
+            await bus.publish("tick.cam0", str(n).encode())
+        await wait_until(lambda: len(deepest) == 3 * 2_000, what="every copy handled")
+        assert max(deepest) <= YIELD_DEPTH + 1
+        assert sum(bus.broker.queues[q].dropped for q in queues) == 0
 
 
 # -- dead letters, lifecycle --------------------------------------------------------------------------------

@@ -27,6 +27,13 @@ from thatdam_bus.transports.socket_protocol import DEFAULT_MAX_FRAME
 from thatdam_bus.transports.socket_server import SocketServer
 from thatdam_bus.transports.workers import Workers, worker_count
 
+YIELD_DEPTH = 32
+"""A publisher that never awaits anything else runs ahead of its in-process consumers until it yields. Yielding
+once a target queue holds a small burst (rather than at the drop-protecting high-water mark, half the queue
+limit) keeps the queued messages few and still in the CPU cache when a consumer takes them, with a fraction of
+the garbage collector's work: bench/embedded_inprocess.py measured 43 us of CPU per event at the high-water
+mark against 30 us at 32 (3 subscribers), and a consumer's wait is bounded by a burst, not thousands."""
+
 
 class _LocalSubscription:
     """One in-process consumer: ``min(prefetch, MAX_WORKERS)`` workers pulling from one broker queue."""
@@ -84,6 +91,7 @@ class EmbeddedTransport:
     def __init__(self, *, prefix: str = "thatdam", max_attempts: int = 3, socket_path: Path | None = None,
                  queue_limit: int = 10_000, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._broker = Broker(prefix, max_attempts=max_attempts, queue_limit=queue_limit)
+        self._yield_depth = min(YIELD_DEPTH, self._broker.high_water)
         self._socket_path = Path(socket_path) if socket_path is not None else None
         self._max_frame = max_frame
         self._server: SocketServer | None = None
@@ -111,10 +119,11 @@ class EmbeddedTransport:
     async def publish(self, routing_key: str, body: bytes, *, headers: Mapping[str, Any] | None = None,
                       durable: bool = False, mandatory: bool = False) -> None:
         """Route and enqueue; a durable publish returns once every target queue holds it (that is the
-        confirm). Yields to the loop when a target queue is filling, so consumers catch up before drops."""
+        confirm). Yields to the loop once a target queue holds more than ``YIELD_DEPTH`` messages (or is past
+        its high-water mark, if that is lower), so in-process consumers keep pace with a fast publisher."""
         if self._closed:
             raise TransportClosed("publish on a closed embedded transport")
-        if self._broker.publish(routing_key, body, headers, durable, mandatory):
+        if self._broker.publish(routing_key, body, headers, durable, mandatory) > self._yield_depth:
             await asyncio.sleep(0)
 
     async def subscribe(self, spec: QueueSpec, callback: DeliveryCallback) -> _LocalSubscription:

@@ -48,6 +48,7 @@ class MessageQueue(Mailbox[Delivery]):
         self.durable = durable
         self.limit = limit
         self.high_water = max(1, limit // 2)
+        """Same as the broker's: the socket server compares each queue's depth with it."""
         self.drop_oldest = drop_oldest
         self.dropped = 0
         self._warned = False
@@ -84,6 +85,8 @@ class Broker:
         self.prefix = prefix
         self.max_attempts = max_attempts
         self.queue_limit = queue_limit
+        self.high_water = max(1, queue_limit // 2)
+        """Depth past which a queue is filling: a socket publisher is held back until it is under again."""
         self.queues: dict[str, MessageQueue] = {}
         self._bindings: dict[Source, dict[tuple[str, str], MessageQueue]] = {s: {} for s in Source}
         self._routes: dict[Source, dict[str, tuple[MessageQueue, ...]]] = {s: {} for s in Source}
@@ -139,26 +142,28 @@ class Broker:
         return queues
 
     def publish(self, routing_key: str, body: bytes, headers: Mapping[str, Any] | None,
-                durable: bool, mandatory: bool) -> bool:
-        """Route one message to the events exchange. Returns True when a target queue is past its high-water
-        mark, so an async caller can yield and let consumers catch up before anything has to be dropped."""
+                durable: bool, mandatory: bool) -> int:
+        """Route one message to the events exchange. Returns the depth of the fullest target queue, so the
+        caller can let consumers catch up: the in-process transport yields past a burst's worth, the socket
+        server stops reading a publisher past the high-water mark, before anything has to be dropped."""
         queues = self._event_routes.get(routing_key)
         if queues is None:
             queues = self.route(Source.EVENTS, routing_key)
         if not queues:
             if mandatory:
                 raise PublishRefused(f"no queue is bound to routing key {routing_key!r}")
-            return False
+            return 0
         if durable:
             self._check_room(queues)
         frozen = NO_HEADERS if not headers else MappingProxyType(dict(headers))
         shared: dict[Any, Any] | None = {} if len(queues) > 1 else None
-        crowded = False
+        deepest = 0
         for queue in queues:
             queue.offer(make_delivery(routing_key, body, frozen, 1, queue.name, shared))
-            if len(queue) > queue.high_water:
-                crowded = True
-        return crowded
+            depth = len(queue)
+            if depth > deepest:
+                deepest = depth
+        return deepest
 
     def finish(self, queue: MessageQueue, delivery: Delivery, outcome: Outcome) -> None:
         """Apply a subscriber's decision, bounded by ``settle`` so a poison message ends as a dead letter."""

@@ -143,14 +143,14 @@ class ServerConnection(FramedProtocol):
         if not isinstance(key, str) or not (headers is None or isinstance(headers, dict)):
             raise FrameError("publish needs a string routing key and object headers")
         try:
-            crowded = self._broker.publish(key, body, headers, bool(header.get("d")), bool(header.get("m")))
+            depth = self._broker.publish(key, body, headers, bool(header.get("d")), bool(header.get("m")))
         except PublishRefused as exc:
             if request_id is not None:
                 self.send(error_frame(request_id, exc))
             return
         if request_id is not None:
             self.send(reply_frame(request_id))
-        if crowded:
+        if depth > self._broker.high_water:
             self._let_consumers_run(key)
 
     def _subscribe(self, header: dict[str, Any], _body: bytes) -> None:
