@@ -161,8 +161,12 @@ def _save(fig: Any, path: Path) -> None:
     print(f"wrote {path}")
 
 
+TABLE_START = "<!-- bench-table: written by bench/run_all.py from bench/results; edits here are overwritten -->"
+TABLE_END = "<!-- bench-table end -->"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """The figures as the markdown table of docs/performance.md (paste it there after a run)."""
+    """The figures as the markdown table of docs/performance.md."""
     lines = ["| benchmark | command | baseline (same run) | ours | ratio | target | verdict | plot |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
@@ -177,7 +181,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(out: Path) -> None:
+def rewrite_table(doc: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the table between the markers of ``doc`` (docs/performance.md) with the current figures; the
+    prose around it, which explains them, is the author's."""
+    text = doc.read_text()
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{doc} has no {TABLE_START!r} ... {TABLE_END!r} block to rewrite")
+    doc.write_text(f"{text[:start]}{TABLE_START}\n{table(rows)}\n{text[end:]}")
+    print(f"rewrote the table of {doc}")
+
+
+def main(out: Path, doc: Path | None = None) -> None:
+    """Draw every plot into ``out``; with ``doc``, also rewrite its table (``bench/run_all.py`` does)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = load()
     for row in rows:
@@ -196,7 +212,10 @@ def main(out: Path) -> None:
                      "verdict": f"target p99 <= 5 ms: {row['extra']['load_p99_ms']:.2f} ms (median of rounds)"},
                     out)
     summary(rows, out)
-    print(table(rows))
+    if doc is not None:
+        rewrite_table(doc, rows)
+    else:
+        print(table(rows))
 
 
 if __name__ == "__main__":

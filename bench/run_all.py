@@ -4,8 +4,9 @@
 
 Needs the local RabbitMQ (``THATDAM_BENCH_AMQP_URL``, default guest on 127.0.0.1:5672) for the amqp rows.
 Each bench interleaves its baseline and ours round by round; results go to ``bench/results/``, plots to
-``docs/img/``. ``--quick`` (2 rounds, smaller counts) is a smoke test, not a measurement. Takes about 22
-minutes on a 2-core VM (the failover, membership, frames and idle rows take about 7 of them).
+``docs/img/``, and the table of ``docs/performance.md`` is rewritten from every result on disk (a row not run
+this time keeps its last figures). ``--quick`` (2 rounds, smaller counts) is a smoke test, not a measurement.
+Takes about 22 minutes on a 2-core VM (the failover, membership, frames and idle rows take about 7 of them).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ async def main(args: argparse.Namespace) -> list[Row]:
         row.report()
     import plots  # matplotlib only now: loaded earlier it would sit in every publisher's heap (longer GCs)
 
-    plots.main(Path(__file__).resolve().parents[1] / "docs" / "img")
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    plots.main(docs / "img", docs / "performance.md")
     return rows
 
 

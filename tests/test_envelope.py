@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from uuid import RFC_4122, UUID
 
 import pytest
 from hypothesis import given
@@ -84,3 +86,31 @@ def test_event_ids_are_unique_and_sortable_by_creation() -> None:
     ids = [new_event_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert ids == sorted(ids)
+
+
+def test_event_ids_are_version_7_with_the_creation_millisecond_first() -> None:
+    before = time.time_ns() // 1_000_000
+    made = UUID(new_event_id())
+    after = time.time_ns() // 1_000_000
+    assert made.version == 7 and made.variant == RFC_4122
+    assert before <= made.int >> 80 <= after
+
+
+@pytest.mark.parametrize("traceparent", [
+    "00-" + "0" * 32 + "-" + "1" * 16 + "-01",  # all-zero trace id
+    "00-" + "1" * 32 + "-" + "0" * 16 + "-01",  # all-zero span id
+    "00-" + "A" * 32 + "-" + "1" * 16 + "-01",  # upper-case hex
+    "01-" + "1" * 32 + "-" + "1" * 16 + "-01",  # another version
+    "00-" + "1" * 32 + "-" + "1" * 16,  # no flags
+])
+def test_invalid_trace_contexts_are_refused_by_name(traceparent: str) -> None:
+    body = encode(Envelope[dict[str, int]](type="t", source="s", data={})).replace(
+        b'"data"', b'"traceparent":"' + traceparent.encode() + b'","data"')
+    with pytest.raises(SchemaError, match="traceparent"):
+        decode_raw(body)
+
+
+def test_a_valid_trace_context_is_kept() -> None:
+    traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    sent = Envelope[dict[str, int]](type="t", source="s", data={}, traceparent=traceparent)
+    assert decode_raw(encode(sent)).traceparent == traceparent
