@@ -132,10 +132,23 @@ class Row:
     def ratio(self) -> float:
         return self.ours / self.baseline if self.baseline else float("nan")
 
-    def report(self) -> None:
+    def line(self) -> str:
+        """The row for a reader."""
         verdict = "MET" if self.passed else "MISSED"
-        print(f"{self.title}: baseline {_fmt(self.baseline)} {self.unit}, ours {_fmt(self.ours)} {self.unit}, "
-              f"ratio {self.ratio:.2f}x, target {self.target}: {verdict}", flush=True)
+        return (f"{self.title}: baseline {_fmt(self.baseline)} {self.unit}, ours {_fmt(self.ours)} {self.unit}, "
+                f"ratio {self.ratio:.2f}x, target {self.target}: {verdict}")
+
+    def json_line(self) -> str:
+        """The row for a script: name, value, baseline, ratio, target, pass (plus unit, title, load average)."""
+        return json.dumps({"name": self.name, "value": round(self.ours, 4), "baseline": round(self.baseline, 4),
+                           "ratio": round(self.ratio, 4), "target": self.target, "pass": self.passed,
+                           "unit": self.unit, "title": self.title,
+                           "load_average": [round(x, 2) for x in os.getloadavg()]})
+
+    def report(self) -> None:
+        """Both lines on stdout: the one for a reader, then the JSON line every bench prints per figure."""
+        print(self.line(), flush=True)
+        print(self.json_line(), flush=True)
 
     def save(self) -> Path:
         RESULTS.mkdir(exist_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -54,19 +53,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, what: str, p
         raise TimeoutError(f"no {what} within {timeout:g} s") from None
 
 
-def emit(row: Row, value: float | None = None) -> None:
-    """The row as one JSON line: name, value, baseline, ratio, target, pass (plus unit and title)."""
-    ours = row.ours if value is None else value
-    print(json.dumps({"name": row.name, "value": round(ours, 4), "baseline": round(row.baseline, 4),
-                      "ratio": round(row.ratio, 4), "target": row.target, "pass": row.passed, "unit": row.unit,
-                      "title": row.title, "load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
-
-
 def finish(row: Row) -> Row:
-    """Report (text), save (``bench/results``) and print the JSON line of one row."""
+    """Report (text and JSON line) and save (``bench/results``) one row."""
     row.report()
     row.save()
-    emit(row)
     return row
 
 

@@ -73,7 +73,7 @@ async def main(args: argparse.Namespace) -> list[Row]:
         print(f"   ({time.monotonic() - began:.0f} s)", flush=True)
     print()
     for row in rows:
-        row.report()
+        print(row.line())
     import plots  # matplotlib only now: loaded earlier it would sit in every publisher's heap (longer GCs)
 
     docs = Path(__file__).resolve().parents[1] / "docs"
