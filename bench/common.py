@@ -102,6 +102,11 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
     return {key: median([run[key] for run in runs]) for key in keys}
 
 
+def ratio_text(ratio: float) -> str:
+    """``1.22x``, ``0.796x``: three decimals under 1, where a miss by less than a hundredth must still show."""
+    return f"{ratio:.2f}x" if ratio >= 1 else f"{ratio:.3f}x"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
@@ -136,7 +141,7 @@ class Row:
         """The row for a reader."""
         verdict = "MET" if self.passed else "MISSED"
         return (f"{self.title}: baseline {_fmt(self.baseline)} {self.unit}, ours {_fmt(self.ours)} {self.unit}, "
-                f"ratio {self.ratio:.2f}x, target {self.target}: {verdict}")
+                f"ratio {ratio_text(self.ratio)}, target {self.target}: {verdict}")
 
     def json_line(self) -> str:
         """The row for a script: name, value, baseline, ratio, target, pass (plus unit, title, load average)."""

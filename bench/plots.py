@@ -19,7 +19,7 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import RESULTS
+from common import RESULTS, ratio_text
 
 BASE, OURS = "#8a8f98", "#2f6fdf"
 
@@ -58,7 +58,8 @@ def rates(row: dict[str, Any], out: Path) -> None:
         ax.legend(loc="upper left", fontsize=8)
     ax.set_xticks([0, 1], [f"baseline ({base_name})", f"ours ({ours_name})"])
     ax.set_ylabel("events/s")
-    ax.set_title(f"{row['title']}\nratio {row['ratio']:.2f}x, {'met' if row['passed'] else 'missed'}", fontsize=10)
+    verdict = "met" if row["passed"] else "missed"
+    ax.set_title(f"{row['title']}\nratio {ratio_text(row['ratio'])}, {verdict}", fontsize=10)
     _save(fig, out / f"{row['name']}.png")
 
 
@@ -122,7 +123,7 @@ def budget(row: dict[str, Any], out: Path) -> None:
 
 
 def _verdict(row: dict[str, Any]) -> str:
-    return f"ratio {row['ratio']:.2f}x, {'met' if row['passed'] else 'missed'}"
+    return f"ratio {ratio_text(row['ratio'])}, {'met' if row['passed'] else 'missed'}"
 
 
 def summary(rows: list[dict[str, Any]], out: Path) -> None:
@@ -131,7 +132,7 @@ def summary(rows: list[dict[str, Any]], out: Path) -> None:
     for y, row in enumerate(rows):
         factor = _target_factor(row)
         ax.barh(y, row["ratio"], color=OURS if row["passed"] else "#c0392b", alpha=0.75)
-        ax.annotate(f"{row['ratio']:.2f}x (target {row['target']})", (row["ratio"], y), va="center", fontsize=8,
+        ax.annotate(f"{ratio_text(row['ratio'])} (target {row['target']})", (row["ratio"], y), va="center", fontsize=8,
                     xytext=(4, 0), textcoords="offset points")
         if factor is not None:
             ax.plot([factor, factor], [y - 0.4, y + 0.4], color="black", linewidth=1.5)
@@ -176,7 +177,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             ours += f"; p99 {row['extra']['load_p99_ms']:.1f} ms at {row['extra']['load_events_per_s']:,.0f}/s"
         base = f"{row['baseline']:,.0f}{unit}" if unit == "/s" else f"{row['baseline']:,.2f}{unit}"
         command = row["command"].replace(".venv/bin/python ", "")
-        lines.append(f"| {row['title']} | `{command}` | {base} | {ours} | {row['ratio']:.2f}x | {row['target']} "
+        lines.append(f"| {row['title']} | `{command}` | {base} | {ours} | {ratio_text(row['ratio'])} | {row['target']} "
                      f"| {'met' if row['passed'] else '**missed**'} | [png](img/{row['name']}.png) |")
     return "\n".join(lines)
 
