@@ -122,7 +122,11 @@ async def test_one_bad_event_is_dead_lettered_alone_and_its_neighbours_arrive(  
     await dead.wait_count(1)
     await wait_until(lambda: len(handled) >= 9, what="the nine good events")
     assert publisher.batcher is not None and publisher.batcher.batches_sent == 1
-    assert [body for body, _ in handled] == [b"0", b"1", b"2", b"3", b"5", b"6", b"8", b"9", b"7"]
+    bodies = [body for body, _ in handled]
+    # The batch's events are handled in order; the retried 7 comes back as a message of its own, which may
+    # be handled while the batch still waits for the confirm of that republish (before 8 or 9), not before 6.
+    assert [body for body in bodies if body != b"7"] == [b"0", b"1", b"2", b"3", b"5", b"6", b"8", b"9"]
+    assert bodies.index(b"7") > bodies.index(b"6")
     assert dict(handled)[b"7"] == 2 and all(attempt == 1 for body, attempt in handled if body != b"7")
     record = dead.got[0]
     assert record.body == b"4"

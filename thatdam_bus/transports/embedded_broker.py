@@ -40,15 +40,13 @@ class MessageQueue(Mailbox[Delivery]):
     """One broker queue. Durable queues refuse confirmed publishes when full (back-pressure); ephemeral
     views and the dead-letter store drop their oldest message instead (lossy fan-out is their contract)."""
 
-    __slots__ = ("_warned", "drop_oldest", "dropped", "durable", "high_water", "limit", "name")
+    __slots__ = ("_warned", "drop_oldest", "dropped", "durable", "limit", "name")
 
     def __init__(self, name: str, *, durable: bool, limit: int, drop_oldest: bool) -> None:
         super().__init__()
         self.name = name
         self.durable = durable
         self.limit = limit
-        self.high_water = max(1, limit // 2)
-        """Same as the broker's: the socket server compares each queue's depth with it."""
         self.drop_oldest = drop_oldest
         self.dropped = 0
         self._warned = False
@@ -86,7 +84,8 @@ class Broker:
         self.max_attempts = max_attempts
         self.queue_limit = queue_limit
         self.high_water = max(1, queue_limit // 2)
-        """Depth past which a queue is filling: a socket publisher is held back until it is under again."""
+        """Depth past which a queue (all share the broker's limit) is filling: a socket publisher is held back
+        until its target queues are under it again."""
         self.queues: dict[str, MessageQueue] = {}
         self._bindings: dict[Source, dict[tuple[str, str], MessageQueue]] = {s: {} for s in Source}
         self._routes: dict[Source, dict[str, tuple[MessageQueue, ...]]] = {s: {} for s in Source}

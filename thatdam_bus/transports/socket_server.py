@@ -217,7 +217,8 @@ class ServerConnection(FramedProtocol):
 
     def _depth(self, routing_key: str) -> int:
         """How far past its high-water mark the most crowded target queue is (0: none is)."""
-        return max([len(q) - q.high_water for q in self._broker.route(Source.EVENTS, routing_key)], default=0)
+        high_water = self._broker.high_water
+        return max([len(q) - high_water for q in self._broker.route(Source.EVENTS, routing_key)], default=0)
 
     def _check_crowd(self) -> None:
         if self._crowd is None or self.closed:
