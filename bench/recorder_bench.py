@@ -175,15 +175,31 @@ async def main(args: argparse.Namespace) -> Row:
     return recorder_row(args, runs)
 
 
+def cpu_ceiling(off: dict[str, float], on: dict[str, float]) -> dict[str, float]:
+    """What the machine allows: with every core busy, ``on`` could publish at most cores / (its publisher's
+    plus the broker's CPU per event); divided by the measured ``off`` rate, the best ratio this run permits.
+    Printed with how busy each variant kept the cores, so a miss can be told from a machine limit."""
+    cores = os.cpu_count() or 1
+    cpu_off = (off["publisher_cpu_us"] + off["broker_cpu_us"]) / 1e6
+    cpu_on = (on["publisher_cpu_us"] + on["broker_cpu_us"]) / 1e6
+    figures = {"cores": cores, "cores_busy_off": off["rate"] * cpu_off, "cores_busy_on": on["rate"] * cpu_on,
+               "ceiling_ratio": cores / cpu_on / off["rate"]}
+    print(f"  CPU per event, publisher + broker: off {cpu_off * 1e6:.0f} us, on {cpu_on * 1e6:.0f} us; cores busy: "
+          f"off {figures['cores_busy_off']:.2f}, on {figures['cores_busy_on']:.2f} of {cores}; best ratio with "
+          f"every core busy: {figures['ceiling_ratio']:.3f}x", flush=True)
+    return figures
+
+
 def recorder_row(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> Row:
     off, on = medians(runs["off"]), medians(runs["on"])
+    ceiling = cpu_ceiling(off, on) if "broker_cpu_us" in off and "broker_cpu_us" in on else {}
     what = {"confirms": f"persistent + confirms ({args.window} in flight)", "transient": "transient",
             "batched": f"transient, batched (up to {BATCH_EVENTS} events per message)"}[args.mode]
     row = Row(f"recorder_{args.mode}", f"Flight recorder on vs off: Bus.publish over RabbitMQ, {what}",
               command_line(), "events/s", "events/s", off["rate"], on["rate"], f">= {TARGET}x",
               on["rate"] >= TARGET * off["rate"], args.rounds,
               extra={"count": args.count, "window": args.window, "mode": args.mode, "routing_key": ROUTING_KEY,
-                     "baseline_medians": off, "ours_medians": on}, runs=runs)
+                     "baseline_medians": off, "ours_medians": on, **ceiling}, runs=runs)
     row.report()
     row.save()
     return row
