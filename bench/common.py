@@ -32,6 +32,14 @@ from typing import Any, ClassVar
 from thatdam_bus.envelope import Payload
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir() -> Path:
+    """Where rows are saved and plotted from: ``bench/results``, or ``THATDAM_BENCH_RESULTS`` (a smoke test's
+    scratch directory, so that it never replaces measured figures)."""
+    return Path(os.environ.get("THATDAM_BENCH_RESULTS", RESULTS))
+
+
 AMQP_URL = os.environ.get("THATDAM_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ROUTING_KEY = "bench.cam0.tick"
 PATTERN = "bench.#"
@@ -156,8 +164,9 @@ class Row:
         print(self.json_line(), flush=True)
 
     def save(self) -> Path:
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"{self.name}.json"
+        results = results_dir()
+        results.mkdir(parents=True, exist_ok=True)
+        path = results / f"{self.name}.json"
         document = {**self.__dict__, "ratio": self.ratio, "machine": machine(),
                     "date": datetime.now(UTC).isoformat(timespec="seconds")}
         path.write_text(json.dumps(document, indent=1, default=str) + "\n")

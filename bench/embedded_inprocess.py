@@ -4,7 +4,9 @@
 
 Baseline: a bare in-process topic router: one bounded ``asyncio.Queue`` per subscriber (``put`` waits when
 full), routes cached per routing key (``topics.topic_matches`` on a miss), the event dict encoded once with
-orjson per publish and decoded with orjson by each subscriber task, no validation. Ours: ``Bus.publish``
+orjson per publish and decoded with orjson by each subscriber task, no validation; it gives the loop a turn on
+the same rule as ours (``embedded.should_yield``: after each burst of 32), which makes it about 6 % faster
+than letting the publisher run until a queue is full. Ours: ``Bus.publish``
 (envelope build + encode) -> ``EmbeddedTransport`` -> one ``HandlerHost`` handler per subscriber (ephemeral
 fan-out queues) -> dispatch (size check, decode, type check, model validation) -> typed handler.
 Figure: events published per second until every subscriber handled all of them. Target: ours >= 0.5x.
@@ -32,14 +34,14 @@ from thatdam_bus.node.services import HandlerHost
 from thatdam_bus.publisher import Bus
 from thatdam_bus.service import Service
 from thatdam_bus.topics import topic_matches
-from thatdam_bus.transports.embedded import EmbeddedTransport
+from thatdam_bus.transports.embedded import EmbeddedTransport, should_yield
 
 TARGET = 0.5
 QUEUE_LIMIT = 10_000
 
 
 class BareRouter:
-    """The baseline: bounded queues, cached routes, orjson, nothing else."""
+    """The baseline: bounded queues, cached routes, orjson, and our burst yield; nothing else."""
 
     def __init__(self) -> None:
         self._bindings: list[tuple[str, asyncio.Queue[bytes]]] = []
@@ -56,8 +58,12 @@ class BareRouter:
         if queues is None:
             queues = self._routes[routing_key] = [q for p, q in self._bindings if topic_matches(p, routing_key)]
         body = orjson.dumps(event)
+        deepest = 0
         for queue in queues:
             await queue.put(body)
+            deepest = max(deepest, queue.qsize())
+        if should_yield(deepest, QUEUE_LIMIT // 2):
+            await asyncio.sleep(0)
 
 
 class Counter:

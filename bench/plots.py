@@ -19,7 +19,7 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import RESULTS, ratio_text
+from common import ratio_text, results_dir
 
 BASE, OURS = "#8a8f98", "#2f6fdf"
 
@@ -32,7 +32,7 @@ ORDER = ["amqp_throughput", "amqp_confirms_quorum", "amqp_confirms_classic", "am
 
 def load() -> list[dict[str, Any]]:
     """Every result, in the order of the table (unknown names last)."""
-    rows = [json.loads(path.read_text()) for path in RESULTS.glob("*.json")]
+    rows = [json.loads(path.read_text()) for path in results_dir().glob("*.json")]
     return sorted(rows, key=lambda row: (ORDER.index(row["name"]) if row["name"] in ORDER else len(ORDER),
                                          row["name"]))
 

@@ -20,7 +20,7 @@ from thatdam_bus.errors import (
     TransportUnavailable,
 )
 from thatdam_bus.transports.base import REASON_HEADER, Delivery, Fate, Outcome, QueueKind, QueueSpec, Source
-from thatdam_bus.transports.embedded import YIELD_DEPTH, EmbeddedTransport
+from thatdam_bus.transports.embedded import YIELD_DEPTH, EmbeddedTransport, should_yield
 from thatdam_bus.transports.socket_client import SocketTransport
 from thatdam_bus.transports.workers import MAX_WORKERS
 
@@ -241,7 +241,7 @@ async def test_full_ephemeral_view_drops_its_oldest(prefix: str, caplog: pytest.
 
 async def test_a_fast_publisher_lets_in_process_consumers_keep_pace(prefix: str) -> None:
     """A publisher that never awaits anything else yields once a queue holds a burst, not at half its limit:
-    each consumer then finds at most ``YIELD_DEPTH`` + 1 messages waiting, however many are published."""
+    each consumer then finds at most ``YIELD_DEPTH`` messages waiting, however many are published."""
     async with EmbeddedTransport(prefix=prefix, queue_limit=10_000) as bus:
         deepest: list[int] = []
         queues: list[str] = []
@@ -255,8 +255,16 @@ async def test_a_fast_publisher_lets_in_process_consumers_keep_pace(prefix: str)
         for n in range(2_000):
             await bus.publish("tick.cam0", str(n).encode())
         await wait_until(lambda: len(deepest) == 3 * 2_000, what="every copy handled")
-        assert max(deepest) <= YIELD_DEPTH + 1
+        assert max(deepest) <= YIELD_DEPTH
         assert sum(bus.broker.queues[q].dropped for q in queues) == 0
+
+
+def test_a_queue_nobody_consumes_costs_one_turn_per_burst_until_its_high_water_mark() -> None:
+    high_water = 5_000
+    turns = [depth for depth in range(1, 6_001) if should_yield(depth, high_water)]
+    assert turns[:3] == [YIELD_DEPTH, 2 * YIELD_DEPTH, 3 * YIELD_DEPTH]
+    assert len([t for t in turns if t <= high_water]) == high_water // YIELD_DEPTH
+    assert [t for t in turns if t > high_water] == list(range(high_water + 1, 6_001))  # every publish past it
 
 
 # -- dead letters, lifecycle --------------------------------------------------------------------------------
