@@ -32,7 +32,7 @@ YIELD_DEPTH = 32
 each time a target queue has grown by a small burst (rather than only at the drop-protecting high-water mark,
 half the queue limit) keeps the queued messages few and still in the CPU cache when a consumer takes them, with
 a fraction of the garbage collector's work: bench/embedded_inprocess.py measured 39-46 us of CPU per event at
-the high-water mark against 26-30 us with bursts of 32 (3 subscribers; the collector's share fell from 9-10 us
+the high-water mark against 26-29 us with bursts of 32 (3 subscribers; the collector's share fell from 9-10 us
 to 0.02), and a consumer's wait is bounded by a burst, not by thousands of messages."""
 
 
