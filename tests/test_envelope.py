@@ -15,6 +15,7 @@ from thatdam_bus.envelope import decode_raw, encode
 from thatdam_bus.errors import DecodeError, SchemaError
 from thatdam_bus.events import ALL_PAYLOADS, model_for_type
 from thatdam_bus.ids import new_event_id
+from thatdam_bus.tracing import is_traceparent, new_traceparent, trace_id_of
 
 WORD = st.from_regex(r"[A-Za-z0-9_\-]{1,64}", fullmatch=True)
 TEXT = st.text(max_size=80)
@@ -114,3 +115,13 @@ def test_a_valid_trace_context_is_kept() -> None:
     traceparent = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
     sent = Envelope[dict[str, int]](type="t", source="s", data={}, traceparent=traceparent)
     assert decode_raw(encode(sent)).traceparent == traceparent
+
+
+@pytest.mark.parametrize("parent", ["00-" + "1" * 32 + "-" + "2" * 16 + "-01\n", "00-" + "1" * 32 + "-" + "2" * 16])
+def test_a_malformed_parent_context_starts_a_new_valid_trace(parent: str) -> None:
+    """A caller's context (``TaskContext.continuing``) is checked whole: a trailing newline must not slip into the
+    flags of the next span, which the Bus publishes without validating it again."""
+    assert trace_id_of(parent) is None
+    child = new_traceparent(parent)
+    assert is_traceparent(child) and child[3:35] != "1" * 32
+    Envelope[dict[str, int]](type="t", source="s", data={}, traceparent=child)  # pydantic accepts it

@@ -19,19 +19,20 @@ from thatdam_bus.ids import random_hex
 
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 """Version 00 with lower-case hex (the JSON Schema carries this); all-zero ids are refused as well."""
-_TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
-_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+"""Used with ``fullmatch``: ``$`` would also accept a trailing newline, which pydantic's pattern refuses."""
 SAMPLED = "01"
 
 _current: ContextVar[str | None] = ContextVar("thatdam_traceparent", default=None)
 
 
 def is_traceparent(value: str) -> bool:
-    return bool(_TRACEPARENT.match(value))
+    return bool(_TRACEPARENT.fullmatch(value))
 
 
 def is_trace_id(value: str) -> bool:
-    return bool(_TRACE_ID.match(value))
+    return bool(_TRACE_ID.fullmatch(value))
 
 
 _ZERO_TRACE_ID = "0" * 32
@@ -49,7 +50,7 @@ def check_traceparent(value: str | None) -> str | None:
 
 def trace_id_of(traceparent: str | None) -> str | None:
     """The 32-hex trace id of a valid ``traceparent``; None for anything else."""
-    if traceparent is None or not _TRACEPARENT.match(traceparent):
+    if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
         return None
     return traceparent[3:35]
 
