@@ -147,6 +147,14 @@ def codec_floor(count: int) -> float:
     return count / (time.perf_counter() - began)
 
 
+def report_codec_floor(count: int, rounds: int, bare_rate: float, bare: str, what: str) -> float:
+    """The median ``codec_floor`` over ``rounds``, printed as a ratio to the bare variant's rate."""
+    floor = median([codec_floor(count // 3) for _ in range(rounds)])
+    print(f"  codec floor (payload + envelope + encode + {what}, no dispatch): {floor:,.0f} events/s = "
+          f"{floor / bare_rate:.2f}x {bare}", flush=True)
+    return floor
+
+
 def _figures(count: int, subscribers: int, seconds: float, cpu_s: float) -> dict[str, Any]:
     return {"rate": count / seconds, "deliveries_per_s": subscribers * count / seconds,
             "cpu_us_per_event": 1e6 * cpu_s / count}
@@ -157,10 +165,8 @@ async def main(args: argparse.Namespace) -> Row:
         "bare": lambda: bare_round(args.count, args.subscribers),
         "bus": lambda: bus_round(args.count, args.subscribers),
     }, args.rounds, show="rate,deliveries_per_s,cpu_us_per_event")
-    base = medians(runs["bare"])
-    floor = median([codec_floor(args.count // 3) for _ in range(args.rounds)])
-    print(f"  codec floor (payload + envelope + encode + one shared decode/validate, no broker, no dispatch): "
-          f"{floor:,.0f} events/s = {floor / base['rate']:.2f}x the bare router", flush=True)
+    floor = report_codec_floor(args.count, args.rounds, medians(runs["bare"])["rate"], "the bare router",
+                               "one shared decode/validate, no broker")
     title = f"Embedded broker in process, {args.subscribers} subscribers, decode + validation"
     return throughput_row("embedded_inprocess", title, runs, "bare", TARGET, args.rounds,
                           {"count": args.count, "subscribers": args.subscribers, "codec_floor_rate": floor})

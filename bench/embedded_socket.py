@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 from amqp_kit import sample_envelope
-from common import PATTERN, ROUTING_KEY, Child, Row, Tick, interleave, median, medians, serve, throughput_row
-from embedded_inprocess import codec_floor
+from common import PATTERN, ROUTING_KEY, Child, Row, Tick, interleave, medians, serve, throughput_row
+from embedded_inprocess import report_codec_floor
 from socket_bare import BareServer, Publisher, Subscriber, frame
 
 from thatdam_bus import Role, load_settings
@@ -166,10 +166,8 @@ async def main(args: argparse.Namespace) -> Row:
         }, args.rounds, show="rate,client_cpu_us,broker_cpu_us")
     finally:
         await child.close()
-    base = medians(runs["bare"])
-    floor = median([codec_floor(args.count // 3) for _ in range(args.rounds)])
-    print(f"  client codec floor (payload + envelope + encode + decode/validate, no socket, no dispatch): "
-          f"{floor:,.0f} events/s = {floor / base['rate']:.2f}x the bare clients", flush=True)
+    floor = report_codec_floor(args.count, args.rounds, medians(runs["bare"])["rate"], "the bare clients",
+                               "decode/validate, no socket")
     title = "Embedded broker through its Unix socket, clients in another process"
     return throughput_row("embedded_socket", title, runs, "bare", TARGET, args.rounds,
                           {"count": args.count, "prefetch": args.prefetch, "codec_floor_rate": floor})

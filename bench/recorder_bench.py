@@ -37,6 +37,7 @@ from typing import Any
 import aio_pika
 from amqp_kit import run_window
 from common import AMQP_URL, Row, Tick, Work, command_line, interleave, medians, unique_prefix
+from nodes import cpu_seconds
 
 from thatdam_bus import load_settings
 from thatdam_bus.publisher import Bus
@@ -112,12 +113,10 @@ async def cleanup(prefix: str) -> None:
 
 def broker_cpu_s() -> float | None:
     """CPU seconds used so far by a RabbitMQ (``beam.smp``) on this machine, if one runs here and is readable."""
-    ticks = os.sysconf("SC_CLK_TCK")
     for proc in Path("/proc").iterdir():
         try:
             if proc.name.isdigit() and (proc / "comm").read_text().strip() == "beam.smp":
-                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-                return (int(fields[11]) + int(fields[12])) / ticks
+                return cpu_seconds(int(proc.name))
         except OSError:
             continue
     return None

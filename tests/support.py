@@ -6,6 +6,9 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aio_pika
+from aiormq.exceptions import ChannelNotFoundEntity
+
 from thatdam_bus.transports.base import ACK, Delivery, Outcome
 
 
@@ -50,9 +53,6 @@ class Collector:
 async def queue_until(url: str, name: str, ready: Callable[[int, int], bool], timeout: float = 30.0) -> None:
     """Poll queue ``name`` with passive declares until ``ready(messages, consumers)``; a queue that does not
     exist yet is waited for (its 404 closes the channel, so each poll opens its own)."""
-    import aio_pika
-    from aiormq.exceptions import ChannelNotFoundEntity
-
     connection = await aio_pika.connect(url)
     async with connection, asyncio.timeout(timeout):
         while True:

@@ -72,13 +72,13 @@ class Bus:
         cls = typed_envelope(type(payload))
         fields = {"type": payload.event_type, "source": self.source, "subject": subject, "data": payload,
                   "epoch": epoch, "seq": next(self._seq)}
-        if extensions or not self._trusted(cls, payload.event_type, subject, epoch):
+        if extensions or not self._trusted(payload.event_type, subject, epoch):
             extensions.setdefault("traceparent", new_traceparent(current_traceparent()))
             return cls(**fields, **extensions)
         fields["traceparent"] = new_traceparent(current_traceparent())
         return assemble(cls, fields)
 
-    def _trusted(self, cls: type[Envelope[Any]], event_type: str, subject: str | None, epoch: int) -> bool:
+    def _trusted(self, event_type: str, subject: str | None, epoch: int) -> bool:
         """Whether the fields the Bus did not make itself are within the envelope's constraints."""
         return (self._source_ok and (subject is None or (type(subject) is str and len(subject) <= MAX_SUBJECT))
                 and type(epoch) is int and epoch >= 0 and type(event_type) is str

@@ -212,12 +212,11 @@ class CaptureLoop:
         """Count a published frame (and the reader's drops so far). Unpin the blob of a frame that was never
         sent; one whose publish was cut off keeps its pin, since it may have reached the broker (a consumer
         must still find its blob)."""
-        if emitting.cancelled():
-            pass
-        elif emitting.result():
+        sent = None if emitting.cancelled() else emitting.result()
+        if sent:
             self.stats.published += 1
             self._captured_metric.inc()
-        elif self.config.pin_frames:
+        elif sent is False and self.config.pin_frames:
             self._store.unpin(blob.sha256)  # nobody will process an event that was never sent
         if (dropped := self.stats.reader.dropped) != self._dropped_seen:
             self._dropped_metric.inc(max(0, dropped - self._dropped_seen))

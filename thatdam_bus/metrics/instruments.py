@@ -26,6 +26,8 @@ from prometheus_client.utils import floatToGoString
 
 OTHER = "other"
 _HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BUCKET_BOUNDS = (*map(floatToGoString, _HANDLER_BUCKETS), "+Inf")
+"""The ``le`` labels, as prometheus_client writes them."""
 
 PUBLISHED = Counter("thatdam_messages_published", "Events published by this node, by channel pattern", ["channel"])
 DEAD_LETTERED = Counter("thatdam_messages_dead_lettered", "Deliveries dead-lettered by a handler, by reason class",
@@ -144,8 +146,7 @@ class _HandlerCollector(Collector):
                                           labels=["handler"])
         for handler, (buckets, (total, created)) in (durations or {}).items():
             cumulative = list(itertools.accumulate(buckets))
-            bounds = [*map(floatToGoString, _HANDLER_BUCKETS), "+Inf"]
-            histogram.add_metric([handler], list(zip(bounds, cumulative, strict=True)), total)
+            histogram.add_metric([handler], list(zip(_BUCKET_BOUNDS, cumulative, strict=True)), total)
             histogram.samples.append(Sample(histogram.name + "_created", {"handler": handler}, created))
         return [counter, histogram]
 
