@@ -21,6 +21,12 @@ an off round the stream's bindings are removed, before an on round the leader's 
   fps) is configured: the stream's cost is per message, so it is shared by the events of a batch. The sink
   (and the stream) hold batches; the round ends when the sink holds every batch the publisher sent.
 
+A third variant, ``queue``, is the same-run reference for what any broker-side recorder must cost at least: no
+stream, but a plain durable classic queue (our topology's arguments, purged each round) bound to the same
+``Patterns.RECORDED``, i.e. one more destination for every event, the cheapest kind RabbitMQ has. Its ratio to
+off is printed as the floor of a recorder that lives on the broker, and the stream's ratio to it as what the
+stream costs beyond that.
+
 Target: on >= 0.8x off (issue 9). Everything is under a unique ``bench-recorder-*`` prefix, deleted at the end.
 """
 
@@ -36,7 +42,7 @@ from typing import Any
 
 import aio_pika
 from amqp_kit import run_window
-from common import AMQP_URL, Row, Tick, Work, command_line, interleave, medians, unique_prefix
+from common import AMQP_URL, Row, Tick, Work, command_line, interleave, medians, ratio_text, unique_prefix
 from nodes import cpu_seconds
 
 from thatdam_bus import load_settings
@@ -50,6 +56,7 @@ from thatdam_bus.transports.batching import BatchPolicy
 TARGET = 0.8
 ROUTING_KEY = "capture.bench.cam0.tick"
 SINK = "bench.sink"
+EXTRA = "bench.extra"
 POLL_S = 0.02
 COUNTS = {"confirms": 15_000, "transient": 30_000, "batched": 60_000}
 BATCH_EVENTS = 64
@@ -74,6 +81,24 @@ class Recorder:
             queue = await channel.declare_queue(stream_name(self.prefix), passive=True)
             for pattern in Patterns.RECORDED:
                 await queue.unbind(self.prefix, pattern)
+
+
+class ExtraQueue:
+    """The ``queue`` variant's destination: a classic queue bound where the recorder would be."""
+
+    def __init__(self, prefix: str) -> None:
+        self.name = f"{prefix}.{EXTRA}"
+        self.prefix = prefix
+
+    async def bind(self, bound: bool) -> None:
+        connection = await aio_pika.connect(AMQP_URL)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(self.name, durable=True,
+                                                arguments=Topology(self.prefix).durable_arguments())
+            for pattern in Patterns.RECORDED:
+                await (queue.bind(self.prefix, pattern) if bound else queue.unbind(self.prefix, pattern))
+            await queue.purge()
 
 
 async def declare_sink(prefix: str) -> None:
@@ -105,7 +130,7 @@ async def cleanup(prefix: str) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for queue in (f"{prefix}.{SINK}", stream_name(prefix), f"{prefix}.dead-letters"):
+        for queue in (f"{prefix}.{SINK}", f"{prefix}.{EXTRA}", stream_name(prefix), f"{prefix}.dead-letters"):
             await channel.queue_delete(queue)
         for exchange in (prefix, f"{prefix}.dlx"):
             await channel.exchange_delete(exchange)
@@ -161,13 +186,19 @@ async def one_round(args: argparse.Namespace, prefix: str, switch: Any) -> dict[
 
 async def main(args: argparse.Namespace) -> Row:
     prefix = unique_prefix("recorder")
-    recorder = Recorder(prefix)
+    recorder, extra = Recorder(prefix), ExtraQueue(prefix)
     try:
         await declare_sink(prefix)
         await recorder.on()  # created once: later on rounds find it and only bind again
+
+        async def switch(stream: bool, queue: bool) -> None:
+            await (recorder.on() if stream else recorder.off())
+            await extra.bind(queue)
+
         runs = await interleave({
-            "off": lambda: one_round(args, prefix, recorder.off),
-            "on": lambda: one_round(args, prefix, recorder.on),
+            "off": lambda: one_round(args, prefix, lambda: switch(False, False)),
+            "on": lambda: one_round(args, prefix, lambda: switch(True, False)),
+            "queue": lambda: one_round(args, prefix, lambda: switch(False, True)),
         }, args.rounds, show="rate,publisher_cpu_us,broker_cpu_us")
     finally:
         await cleanup(prefix)
@@ -189,16 +220,28 @@ def cpu_ceiling(off: dict[str, float], on: dict[str, float]) -> dict[str, float]
     return figures
 
 
+def destination_floor(off: dict[str, float], on: dict[str, float], queue: dict[str, float]) -> dict[str, float]:
+    """The ``queue`` variant against the other two: the most a recorder that is one more broker destination
+    could keep of the off rate, and how much of that the stream keeps."""
+    figures = {"queue_rate": queue["rate"], "queue_ratio": queue["rate"] / off["rate"],
+               "stream_vs_queue": on["rate"] / queue["rate"]}
+    print(f"  one more classic queue bound like the recorder (the cheapest destination): {queue['rate']:,.0f} "
+          f"events/s = {ratio_text(figures['queue_ratio'])} off; the stream keeps "
+          f"{ratio_text(figures['stream_vs_queue'])} of that", flush=True)
+    return figures
+
+
 def recorder_row(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> Row:
     off, on = medians(runs["off"]), medians(runs["on"])
     ceiling = cpu_ceiling(off, on) if "broker_cpu_us" in off and "broker_cpu_us" in on else {}
+    floor = destination_floor(off, on, medians(runs["queue"]))
     what = {"confirms": f"persistent + confirms ({args.window} in flight)", "transient": "transient",
             "batched": f"transient, batched (up to {BATCH_EVENTS} events per message)"}[args.mode]
     row = Row(f"recorder_{args.mode}", f"Flight recorder on vs off: Bus.publish over RabbitMQ, {what}",
               command_line(), "events/s", "events/s", off["rate"], on["rate"], f">= {TARGET}x",
               on["rate"] >= TARGET * off["rate"], args.rounds,
               extra={"count": args.count, "window": args.window, "mode": args.mode, "routing_key": ROUTING_KEY,
-                     "baseline_medians": off, "ours_medians": on, **ceiling}, runs=runs)
+                     "baseline_medians": off, "ours_medians": on, **ceiling, **floor}, runs=runs)
     row.report()
     row.save()
     return row
