@@ -19,9 +19,9 @@ import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import ratio_text, results_dir
+from common import median, ratio_text, results_dir
 
-BASE, OURS = "#8a8f98", "#2f6fdf"
+BASE, OURS, REFERENCE = "#8a8f98", "#2f6fdf", "#d68910"
 
 
 ORDER = ["amqp_throughput", "amqp_confirms_quorum", "amqp_confirms_classic", "amqp_latency", "amqp_batching",
@@ -43,20 +43,25 @@ def _names(row: dict[str, Any]) -> tuple[str, str]:
 
 
 def rates(row: dict[str, Any], out: Path) -> None:
-    """Per-round events/s of baseline and ours (dots), medians (bars), and the target line."""
+    """Per-round events/s of baseline and ours (dots), medians (bars), and the target line; a bench's further
+    same-run reference variants (the recorder's extra queue) are drawn after them, in the reference colour."""
     base_name, ours_name = _names(row)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for x, (name, colour, median) in enumerate(((base_name, BASE, row["baseline"]), (ours_name, OURS, row["ours"]))):
+    references = list(row["runs"])[2:]
+    fig, ax = plt.subplots(figsize=(6.4 + 1.6 * len(references), 3.6))
+    bars = [(base_name, BASE), (ours_name, OURS), *((name, REFERENCE) for name in references)]
+    for x, (name, colour) in enumerate(bars):
         values = [run["rate"] for run in row["runs"][name]]
-        ax.bar(x, median, color=colour, alpha=0.35, width=0.6)
+        middle = median(values)
+        ax.bar(x, middle, color=colour, alpha=0.35, width=0.6)
         ax.scatter([x] * len(values), values, color=colour, zorder=3, s=18)
-        ax.annotate(f"{median:,.0f}/s", (x, median), ha="center", va="bottom", fontsize=9)
+        ax.annotate(f"{middle:,.0f}/s", (x, middle), ha="center", va="bottom", fontsize=9)
     factor = _target_factor(row)
     if factor is not None:
         ax.axhline(factor * row["baseline"], color="#c0392b", linestyle="--", linewidth=1,
                    label=f"target: {factor:g}x baseline")
         ax.legend(loc="upper left", fontsize=8)
-    ax.set_xticks([0, 1], [f"baseline ({base_name})", f"ours ({ours_name})"])
+    ax.set_xticks(range(len(bars)), [f"baseline ({base_name})", f"ours ({ours_name})",
+                                     *(f"reference ({name})" for name in references)])
     ax.set_ylabel("events/s")
     verdict = "met" if row["passed"] else "missed"
     ax.set_title(f"{row['title']}\nratio {ratio_text(row['ratio'])}, {verdict}", fontsize=10)
