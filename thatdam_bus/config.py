@@ -87,8 +87,10 @@ class Settings(BaseSettings):
                                     "(seconds, or 10m / 24h / 7d)")
     recorder_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0,
                                     description="flight recorder size bound in bytes; 0 turns the recorder off")
-    recorder_segment_bytes: int = Field(default=8 * 1024 * 1024, ge=4096,
-                                        description="recorder segment size: retention drops whole segments")
+    recorder_segment_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024,
+                                        description="recorder segment size: retention drops whole segments (at "
+                                        "least 1 MiB: on RabbitMQ one segment of headroom must hold what arrives "
+                                        "while retention runs)")
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics port; unset: off")
     metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
     mdns: bool = Field(default=True, description="advertise this node and browse for peers over mDNS (on/off)")
