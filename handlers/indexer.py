@@ -32,7 +32,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from thatdam_bus import Envelope, FrameReady, HandlerContext, Patterns, QueueKind, Reject, Role, Service, Settings
+from thatdam_bus import (
+    Envelope,
+    FrameIndexed,
+    FrameReady,
+    HandlerContext,
+    Patterns,
+    QueueKind,
+    Reject,
+    Role,
+    Service,
+    Settings,
+    topics,
+)
 
 CATALOGUE_FILE = "index.sqlite"
 _CHUNK = 1 << 16
@@ -147,11 +159,17 @@ service = Service("indexer", roles={Role.LEADER, Role.WORKER, Role.SOLO}, state=
 
 @service.on(Patterns.FRAMES, queue=QueueKind.DURABLE, prefetch=32)
 async def index(event: Envelope[FrameReady], ctx: HandlerContext) -> None:
-    """Verify the claim check, then record the frame (idempotent by envelope id)."""
+    """Verify the claim check, record the frame (idempotent by envelope id), then announce it in the frame's
+    trace (``frame.<node>.<device>.indexed``)."""
     catalogue: Catalogue = ctx.state
+    frame = event.data
     try:
-        await asyncio.to_thread(verify_blob, event.data)
+        await asyncio.to_thread(verify_blob, frame)
     except BlobProblem as exc:
         raise Reject(str(exc)) from None
     if not await catalogue.add(event):
         ctx.log.info("frame %s was indexed before (redelivery): nothing to do", event.id)
+        return
+    indexed = FrameIndexed(node_id=frame.node_id, device=frame.device, seq=frame.seq, frame_event_id=event.id,
+                           sha256=frame.sha256, indexed_by=ctx.node_id)
+    await ctx.bus.publish(indexed, topics.frame_indexed(frame.node_id, frame.device))

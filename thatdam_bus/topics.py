@@ -74,6 +74,11 @@ def frame_ready(node_id: str, device: str) -> str:
     return f"frame.{_word(node_id, 'node id')}.{_word(device, 'device')}.ready"
 
 
+def frame_indexed(node_id: str, device: str) -> str:
+    """``frame.<node>.<device>.indexed``: an indexer recorded a frame of that camera."""
+    return f"frame.{_word(node_id, 'node id')}.{_word(device, 'device')}.indexed"
+
+
 def frame_latest(node_id: str, device: str) -> str:
     """``frame.<node>.<device>.latest``: the proxy's coalesced relay of the newest frame of a camera."""
     return f"frame.{_word(node_id, 'node id')}.{_word(device, 'device')}.latest"
@@ -111,6 +116,7 @@ class Patterns:
     LEADER = "cluster.leader.*"
     FRAMES = "frame.*.*.ready"
     FRAMES_LATEST = "frame.*.*.latest"
+    FRAMES_INDEXED = "frame.*.*.indexed"
     CAPTURE_STATE = "capture.*.*.*"
     CAPTURE_INTENTS = "intent.capture.*"
     INTENT_RESULTS = "intent.result.*"

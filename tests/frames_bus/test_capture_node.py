@@ -62,12 +62,19 @@ async def test_pattern_and_clip_frames_reach_the_bus_with_blobs_that_hold(
         for frame in frames:
             check_blob(frame)  # exists, sha256 and size match, decodes as a JPEG of the announced size
         assert {f.width for f in frames} == {320}
-        assert {s.event["type"] for s in tap.prefixed("frame.")} == {"thatdam.frame.ready.v1"}
+        readies = tap.matching(lambda key: key.startswith("frame.") and key.endswith(".ready"))
+        assert {s.event["type"] for s in readies} == {"thatdam.frame.ready.v1"}
 
-        ids = {s.event["id"] for s in tap.prefixed("frame.")}
+        ids = {s.event["id"] for s in readies}
         catalogue = state_dir / "index.sqlite"
         await tap.wait(lambda: ids <= set(catalogue_ids(catalogue)), "every tapped frame indexed")
         assert len(catalogue_ids(catalogue)) == len(set(catalogue_ids(catalogue)))
+
+        def announced() -> list[str]:
+            return [s.data["frame_event_id"] for s in tap.matching(lambda key: key.endswith(".indexed"))]
+
+        await tap.wait(lambda: ids <= set(announced()), "every indexed frame announced")
+        assert len(announced()) == len(set(announced())), "each frame announced once"
     finally:
         assert node.stop() == 0
     assert "Traceback" not in node.log()

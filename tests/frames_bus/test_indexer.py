@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import av
+import orjson
 import pytest
 
 from handlers import indexer
 from tests.frames_bus.support import Tap, catalogue_ids, start_node
 from tests.support import Collector, wait_until
-from thatdam_bus import BlobStore, FrameReady, Role, load_settings
+from thatdam_bus import BlobStore, FrameReady, Patterns, Role, load_settings
 from thatdam_bus.frames import JpegEncoder
 from thatdam_bus.node.services import HandlerHost
 from thatdam_bus.publisher import Bus
+from thatdam_bus.tracing import trace_id_of
 from thatdam_bus.transports.amqp import AmqpTransport
 from thatdam_bus.transports.base import REASON_HEADER, QueueSpec, Source
 from thatdam_bus.transports.embedded import EmbeddedTransport
@@ -40,25 +43,34 @@ def real_blobs(store: BlobStore, count: int) -> list[FrameReady]:
     return frames
 
 
+@dataclass
+class Indexing:
+    bus: Bus
+    dead: Collector
+    announced: Collector
+    host: HandlerHost
+
+
 @pytest.fixture
-async def indexing(tmp_path: Path) -> AsyncIterator[tuple[Bus, Collector, HandlerHost]]:
+async def indexing(tmp_path: Path) -> AsyncIterator[Indexing]:
     async with EmbeddedTransport(prefix="t") as transport:
         bus = Bus(transport, cluster="test", node_id="n1")
-        dead = Collector()
+        dead, announced = Collector(), Collector()
         await transport.subscribe(QueueSpec(patterns=("#",), source=Source.DEAD_LETTERS), dead)
+        await transport.subscribe(QueueSpec(patterns=(Patterns.FRAMES_INDEXED,)), announced)
         host = HandlerHost(bus, [indexer.service], max_bytes=65536, settings=load_settings(state_dir=tmp_path))
         await host.apply_role(Role.WORKER)
         try:
-            yield bus, dead, host
+            yield Indexing(bus, dead, announced, host)
         finally:
             await host.stop_all()
             host.state_of("indexer").close()
 
 
-async def test_a_frame_is_indexed_once_and_a_broken_claim_check_is_dead_lettered(
-    indexing: tuple[Bus, Collector, HandlerHost], tmp_path: Path
+async def test_a_frame_is_indexed_once_announced_in_its_trace_and_a_broken_claim_check_is_dead_lettered(
+    indexing: Indexing, tmp_path: Path
 ) -> None:
-    bus, dead, _ = indexing
+    bus, dead = indexing.bus, indexing.dead
     good, missing, tampered, resized = real_blobs(BlobStore(tmp_path / "blobs"), 4)
     Path(missing.uri.removeprefix("file://")).unlink()
     Path(tampered.uri.removeprefix("file://")).write_bytes(b"not the frame")
@@ -73,6 +85,13 @@ async def test_a_frame_is_indexed_once_and_a_broken_claim_check_is_dead_lettered
     assert f"is {resized.size_bytes - 1} bytes, the event says {resized.size_bytes}" in reasons
     catalogue = tmp_path / "index.sqlite"
     await wait_until(lambda: catalogue_ids(catalogue) == [sent.id], what="the good frame indexed")
+    await indexing.announced.wait_count(1)
+    [announcement] = indexing.announced.got
+    news = orjson.loads(announcement.body)
+    assert announcement.routing_key == "frame.cam-node.cam0.indexed"
+    assert news["data"] == {"node_id": "cam-node", "device": "cam0", "seq": good.seq, "frame_event_id": sent.id,
+                            "sha256": good.sha256, "indexed_by": "n1"}
+    assert trace_id_of(news["traceparent"]) == trace_id_of(sent.traceparent or ""), "in the frame's trace"
 
     # A redelivery after a restart (a fresh catalogue object: no in-memory memory of ids) adds nothing.
     again = indexer.Catalogue(catalogue)

@@ -1,6 +1,7 @@
 """One intent, one trace, two nodes: ``thatdam publish --wait`` starts a capture on a camera node (the leader,
-which declares the recorder stream); a proxy node relays its frames. ``bus-tail --trace ID`` then follows the
-intent's result, the capture it started and the frames (camera node) to their relays (proxy node), all in the
+which declares the recorder stream, and indexes its frames); a proxy node relays its frames. ``bus-tail --trace
+ID`` then follows the intent's result, the capture it started, the frames and their indexing (camera node) to
+their relays (proxy node), all in the
 trace id that ``publish --wait`` printed: trace context crosses processes in the envelope, and a proxy relay
 continues the trace of the frame it relays, also when its ``flush`` task sends it later."""
 
@@ -24,7 +25,7 @@ from thatdam_bus.transports.amqp import AmqpTransport
 CAMERA, RELAY = "cam-node", "relay-node"
 PATTERN = "test://testsrc2?size=160x90&rate=30"
 WANTED = {"intent.result": 1, f"capture.{CAMERA}.cam1.started": 1, f"frame.{CAMERA}.cam1.ready": 3,
-          f"frame.{CAMERA}.cam1.latest": 3}
+          f"frame.{CAMERA}.cam1.indexed": 3, f"frame.{CAMERA}.cam1.latest": 3}
 """What bus-tail must have printed (routing key, or its first two words for the result) before we judge."""
 
 
@@ -49,13 +50,14 @@ async def read_until(tail: TailProcess, enough: Callable[[Counter[str]], bool], 
             seen[kind(await tail.next_record(timeout))] += 1
 
 
-async def test_bus_tail_follows_one_intent_across_two_nodes_and_four_event_types(
+async def test_bus_tail_follows_one_intent_across_two_nodes_and_five_event_types(
     cluster_env: dict[str, str], amqp_cleanup: Callable[[str], None], rabbitmq: str, prefix: str, tmp_path: Path
 ) -> None:
     for verb in ("start", "stop"):
         amqp_cleanup(f"{prefix}.capture.{verb}.{CAMERA}")
+    amqp_cleanup(f"{prefix}.indexer.index")
     camera = start_node(tmp_path / "camera", CAMERA, **cluster_env, THATDAM_ROLE="leader",
-                        THATDAM_SERVICES="capture", THATDAM_CLUSTER_KEY=KEY, THATDAM_THUMBNAIL_WIDTH="64")
+                        THATDAM_SERVICES="capture,indexer", THATDAM_CLUSTER_KEY=KEY, THATDAM_THUMBNAIL_WIDTH="64")
     relay = start_node(tmp_path / "relay", RELAY, **cluster_env, THATDAM_ROLE="proxy", THATDAM_SERVICES="proxy",
                        THATDAM_PROXY_INTERVAL="0.5")
     tail: TailProcess | None = None
@@ -92,7 +94,8 @@ async def test_bus_tail_follows_one_intent_across_two_nodes_and_four_event_types
     assert {sender(record) for record in records} == {CAMERA, RELAY}
     assert len({record["event"]["type"] for record in records}) >= 3
     assert {record["event"]["type"] for record in records} >= {
-        "thatdam.intent.result.v1", "thatdam.capture.started.v1", "thatdam.frame.ready.v1", "thatdam.frame.latest.v1"}
+        "thatdam.intent.result.v1", "thatdam.capture.started.v1", "thatdam.frame.ready.v1",
+        "thatdam.frame.indexed.v1", "thatdam.frame.latest.v1"}
     [result_record] = [record for record in records if kind(record) == "intent.result"]
     assert result_record["routing_key"] == f"intent.result.{intent_id}"
     assert result_record["event"]["data"]["intent_id"] == intent_id
@@ -102,3 +105,6 @@ async def test_bus_tail_follows_one_intent_across_two_nodes_and_four_event_types
         == {trace}, "every relay of the traced frames continues the trace, also the flush task's"
     frame_ids = {record["event"]["id"] for record in records if record["routing_key"].endswith(".ready")}
     assert relays[0]["event"]["data"]["frame_event_id"] in frame_ids, "the first relay is of a traced frame"
+    indexed = [record["event"]["data"] for record in records if record["routing_key"].endswith(".indexed")]
+    assert all(news["indexed_by"] == CAMERA for news in indexed)
+    assert {news["frame_event_id"] for news in indexed} <= frame_ids, "each announcement is of a traced frame"

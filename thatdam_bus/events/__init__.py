@@ -2,7 +2,7 @@
 
 from thatdam_bus.events.capture import CaptureFailed, CaptureStarted, CaptureStopped
 from thatdam_bus.events.cluster import LeaderElected, LeaderLost, LeaderResigned
-from thatdam_bus.events.frame import FrameLatest, FrameReady
+from thatdam_bus.events.frame import FrameIndexed, FrameLatest, FrameReady
 from thatdam_bus.events.intent import CaptureStartIntent, CaptureStopIntent, IntentResult, IntentStatus
 from thatdam_bus.events.node import (
     Capabilities,
@@ -23,6 +23,7 @@ __all__ = [
     "CaptureStarted",
     "CaptureStopIntent",
     "CaptureStopped",
+    "FrameIndexed",
     "FrameLatest",
     "FrameReady",
     "IntentResult",

@@ -28,6 +28,23 @@ class FrameReady(Payload):
     keyframe: bool
 
 
+class FrameIndexed(Payload):
+    """A frame is in an indexer's catalogue (``frame.<node>.<device>.indexed``, keyed by the capturing node).
+
+    Announced once per frame, after the row is committed, by the node that indexed it; it continues the
+    frame's trace, so ``bus-tail --trace`` follows a capture to the catalogue. Transient: the catalogue is the
+    record, this is the news (an indexer killed between its commit and this publish indexes nothing new when
+    the frame comes again, and announces nothing)."""
+
+    event_type = "thatdam.frame.indexed.v1"
+    node_id: NodeId
+    device: DeviceName
+    seq: int = Field(ge=0)
+    frame_event_id: str = Field(max_length=64, description="id of the frame-ready event indexed")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    indexed_by: NodeId
+
+
 class FrameLatest(Payload):
     """The newest frame of one camera, relayed by a proxy node at a bounded rate (``frame.<node>.<device>.latest``).
 

@@ -6,7 +6,7 @@ from thatdam_bus.envelope import Payload
 from thatdam_bus.errors import SchemaError
 from thatdam_bus.events.capture import CaptureFailed, CaptureStarted, CaptureStopped
 from thatdam_bus.events.cluster import LeaderElected, LeaderLost, LeaderResigned
-from thatdam_bus.events.frame import FrameLatest, FrameReady
+from thatdam_bus.events.frame import FrameIndexed, FrameLatest, FrameReady
 from thatdam_bus.events.intent import CaptureStartIntent, CaptureStopIntent, IntentResult
 from thatdam_bus.events.node import NodeHeartbeat, NodeJoined, NodeLeft, NodeLost, NodeRoleChanged
 
@@ -20,6 +20,7 @@ ALL_PAYLOADS: tuple[type[Payload], ...] = (
     LeaderResigned,
     LeaderLost,
     FrameReady,
+    FrameIndexed,
     FrameLatest,
     CaptureStarted,
     CaptureStopped,
@@ -52,6 +53,7 @@ CHANNELS: tuple[tuple[str, type[Payload], str], ...] = (
     ("cluster.leader.resigned", LeaderResigned, "the leader gave the lease up"),
     ("cluster.leader.lost", LeaderLost, "a lease expired without resignation"),
     ("frame.*.*.ready", FrameReady, "a frame is in the blob store (claim check; durable)"),
+    ("frame.*.*.indexed", FrameIndexed, "a frame is in an indexer's catalogue (once per frame; lossy)"),
     ("frame.*.*.latest", FrameLatest, "a proxy's coalesced relay of a camera's newest frame (lossy)"),
     ("capture.*.*.started", CaptureStarted, "capture started on a device"),
     ("capture.*.*.stopped", CaptureStopped, "capture stopped on a device"),
