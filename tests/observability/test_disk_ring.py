@@ -1,19 +1,30 @@
-"""The solo flight recorder's files: bounded by bytes and age, offsets that only grow, torn tails cut, and a
-follower that crosses segment rolls without a gap or a duplicate while the writer keeps appending."""
+"""The solo flight recorder's files: bounded by bytes and age, offsets that only grow, torn tails cut, a
+follower that crosses segment rolls without a gap or a duplicate while the writer keeps appending, and events
+that were never recorded (too large, or dropped by the recorder's queue) left as holes that a follower reports."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support import wait_until
+from thatdam_bus.config import load_settings
+from thatdam_bus.context import TaskContext
+from thatdam_bus.publisher import Bus
 from thatdam_bus.recorder.disk_ring import DiskRing
 from thatdam_bus.recorder.replay import RingSource, Window, replay
 from thatdam_bus.recorder.ring_format import Entry, segments
 from thatdam_bus.recorder.ring_reader import RingReader
+from thatdam_bus.recorder.service import _record
+from thatdam_bus.topics import Patterns
+from thatdam_bus.transports.base import Delivery, DeliveryCallback, QueueSpec
 
 BODY = b"x" * 200
 
@@ -107,3 +118,70 @@ async def test_last_n_counts_the_events_that_pass_the_filter(tmp_path: Path, pat
     await replay(RingSource(RingReader(tmp_path)), Window(last=5), matches, deliver)
     writer.close()
     assert printed == ([995, 996, 997, 998, 999] if pattern == "obs.#" else [990, 992, 994, 996, 998])
+
+
+async def test_what_was_never_recorded_is_a_hole_the_follower_reports(tmp_path: Path) -> None:
+    """An oversized event and events lost before the ring (``skip``) leave their offsets unused."""
+    writer = ring(tmp_path)
+    gaps: list[tuple[int, int]] = []
+    reader = RingReader(tmp_path, poll_s=0.001, on_gap=lambda expected, found: gaps.append((expected, found)))
+    assert writer.append("obs.seq", b"0") == 0
+    assert writer.append("obs.big", b"y" * 30_000) is None
+    assert writer.append("obs.seq", b"2") == 2
+    writer.skip(3)
+    assert writer.append("obs.seq", b"6") == 6 and writer.skipped == 4
+    writer.close()
+    seen: list[int] = []
+    async with asyncio.timeout(10):
+        async for entry in reader.follow(0):
+            seen.append(entry.offset)
+            if entry.offset == 6:
+                break
+    assert seen == [0, 2, 6]
+    assert gaps == [(1, 2), (3, 6)]
+
+
+@dataclass
+class LossyTap:
+    """Stands in for the embedded transport's lossy subscription: the test sets what its queue dropped."""
+
+    queue: str = "recorder-tap"
+    dropped: int = 0
+
+    async def cancel(self) -> None:
+        return None
+
+
+class TapTransport:
+    """Only what ``_record`` touches: ``subscribe``, keeping the callback for the test to drive."""
+
+    def __init__(self) -> None:
+        self.tap = LossyTap()
+        self.deliver: DeliveryCallback | None = None
+
+    async def subscribe(self, spec: QueueSpec, callback: DeliveryCallback) -> LossyTap:
+        assert spec.patterns == Patterns.RECORDED
+        self.deliver = callback
+        return self.tap
+
+
+async def test_the_solo_recorder_leaves_a_hole_where_its_queue_dropped_events(tmp_path: Path) -> None:
+    transport = TapTransport()
+    writer = ring(tmp_path)
+    ctx = TaskContext(bus=Bus(transport, cluster="test", node_id="n1"),  # type: ignore[arg-type]
+                      node_id="n1", log=logging.getLogger("test"), state=None, settings=load_settings())
+    recording = asyncio.create_task(_record(ctx, writer))
+    try:
+        await wait_until(lambda: transport.deliver is not None, what="the recorder subscribed")
+        assert transport.deliver is not None
+        await transport.deliver(Delivery("capture.n1.cam0.started", b"first"))
+        transport.tap.dropped = 5  # a burst overflowed the recorder's queue before the next one was taken
+        await transport.deliver(Delivery("capture.n1.cam0.stopped", b"after the burst"))
+        await transport.deliver(Delivery("capture.n1.cam0.started", b"again"))
+    finally:
+        recording.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await recording
+        writer.close()
+    kept = [(entry.offset, entry.body) for entry in RingReader(tmp_path).read(0, 100)]
+    assert kept == [(0, b"first"), (6, b"after the burst"), (7, b"again")]

@@ -79,12 +79,13 @@ async def open_recorder(settings: Settings) -> AsyncIterator[RecorderSource | No
         else:
             async with stack:
                 if stream is None:
-                    _warn(f"no flight recorder on RabbitMQ (the leader declares {stream_name(settings.prefix)})")
+                    _warn(f"no flight recorder on RabbitMQ (the leader declares {stream_name(settings.prefix)}); "
+                          "showing live events only")
                 yield stream
             return
     reader = RingReader(settings.state_dir / RECORDER_DIR, on_gap=_gap)
     if not reader.exists():
-        _warn(f"no flight recorder under {settings.state_dir / RECORDER_DIR}")
+        _warn(f"no flight recorder under {settings.state_dir / RECORDER_DIR}; showing live events only")
         yield None
         return
     yield RingSource(reader)
@@ -115,9 +116,9 @@ def _delivery(entry: Entry) -> Delivery:
 
 
 def _gap(expected: int, found: int) -> None:
-    _warn(f"recorder entries {expected}..{found - 1} expired before they could be read")
+    _warn(f"recorder entries {expected}..{found - 1} are missing: expired before they could be read, or never "
+          "recorded (see the node's log)")
 
 
 def _warn(message: str) -> None:
-    suffix = "" if "expired" in message else "; showing live events only"
-    print(f"bus-tail: {message}{suffix}", file=sys.stderr, flush=True)
+    print(f"bus-tail: {message}", file=sys.stderr, flush=True)

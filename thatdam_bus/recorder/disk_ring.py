@@ -1,7 +1,9 @@
 """The solo flight recorder's writer: appends every event to size- and age-bounded segment files.
 
 Retention works like a RabbitMQ stream's, by whole segments, and is applied *before* each append, so the files
-never hold more than ``max_bytes`` together (a single event larger than that is not recorded; it is counted).
+never hold more than ``max_bytes`` together (a single event larger than that is not recorded). An event that is
+not recorded, for that or because it was lost before it reached the ring (``skip``), leaves its offset unused:
+a reader finds the hole where it was and reports it, instead of a seamless history that is not whole.
 The active segment rolls once it would pass ``segment_bytes``; the oldest segments are deleted while the total
 would pass ``max_bytes``, and any segment whose last append is older than ``max_age_s`` goes too (checked at
 most once a second, and by ``expire()``). The newest segment is never deleted, only rolled: its name keeps
@@ -80,9 +82,9 @@ class DiskRing:
         """Record one event; returns its offset, or None when it alone is larger than ``max_bytes``."""
         record = encode_record(self._next, self._clock(), routing_key, headers, body)
         if len(record) > self.max_bytes:
-            self.skipped += 1
             log.warning("recorder: an event of %d bytes on %s exceeds the recorder's %d bytes; not recorded",
                         len(body), routing_key, self.max_bytes)
+            self.skip(1)
             return None
         self._expire_by_age()
         self._make_room(len(record))
@@ -92,6 +94,11 @@ class DiskRing:
         offset, self._next = self._next, self._next + 1
         RECORDER_EVENTS.inc()
         return offset
+
+    def skip(self, count: int) -> None:
+        """Leave ``count`` offsets unused for events that will never be recorded (counted in ``skipped``)."""
+        self._next += count
+        self.skipped += count
 
     def expire(self) -> None:
         """Apply the age bound now (the service calls this periodically, so an idle recorder still ages)."""

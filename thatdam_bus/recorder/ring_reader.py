@@ -82,12 +82,9 @@ class RingReader:
             if not readable:  # deleted by retention under us
                 current, position = self._segment_for(expected), 0
                 continue
-            for entry in entries:
-                if entry.offset >= expected:
-                    if entry.offset > expected and self.on_gap is not None:
-                        self.on_gap(expected, entry.offset)
-                    expected = entry.offset + 1
-                    yield entry
+            fresh, expected = self._after(entries, expected)
+            for entry in fresh:
+                yield entry
             if entries:
                 continue
             newer = [s for s in segments(self.directory) if s[0] > current[0]]
@@ -95,11 +92,21 @@ class RingReader:
                 await asyncio.sleep(self.poll_s)
                 continue
             late, position, _ = await asyncio.to_thread(self._read_from, current[1], position)
-            for entry in late:
-                if entry.offset >= expected:
-                    expected = entry.offset + 1
-                    yield entry
+            fresh, expected = self._after(late, expected)
+            for entry in fresh:
+                yield entry
             current, position = newer[0], 0
+
+    def _after(self, entries: list[Entry], expected: int) -> tuple[list[Entry], int]:
+        """The entries from ``expected`` on, reporting each hole before one, and the offset expected next."""
+        fresh = []
+        for entry in entries:
+            if entry.offset >= expected:
+                if entry.offset > expected and self.on_gap is not None:
+                    self.on_gap(expected, entry.offset)
+                expected = entry.offset + 1
+                fresh.append(entry)
+        return fresh, expected
 
     def _segment_for(self, offset: int) -> tuple[int, Path] | None:
         """The segment holding ``offset`` (or the oldest one after it, when it has expired)."""

@@ -2,9 +2,11 @@
 
 * leader on RabbitMQ: declares the stream ``<prefix>.recorder`` at the start of each term (idempotent; the
   broker does the recording from then on, whoever leads, and keeps it across node restarts);
-* solo: taps ``#`` on the embedded broker with a lossy fan-out queue (the recorder must never hold the bus
-  back: under a burst larger than the queue it loses its oldest copies, like any tap) and appends every
-  message to the ring under ``<state dir>/recorder``, which outlives the process.
+* solo: taps ``Patterns.RECORDED`` on the embedded broker with a lossy fan-out queue (the recorder must never
+  hold the bus back: under a burst larger than the queue it loses its oldest copies, like any tap) and appends
+  every message to the ring under ``<state dir>/recorder``, which outlives the process. What the queue drops
+  is not hidden: the ring leaves their offsets unused just before the next message it records (exactly there
+  unless more were dropped while that message was being taken), and bus-tail reports the hole.
 
 ``THATDAM_RECORDER_MAX_BYTES=0`` turns both off.
 """
@@ -20,7 +22,7 @@ from thatdam_bus.recorder.amqp_stream import declare_recorder_stream
 from thatdam_bus.recorder.disk_ring import DiskRing, open_disk_ring
 from thatdam_bus.service import Service
 from thatdam_bus.topics import Patterns
-from thatdam_bus.transports.base import ACK, Delivery, Outcome, QueueSpec
+from thatdam_bus.transports.base import ACK, Delivery, LossySubscription, Outcome, QueueSpec, Subscription
 
 EXPIRE_EVERY_S = 10.0
 RECORDER_QUEUE_PREFETCH = 1
@@ -57,7 +59,15 @@ async def keep_recorder(ctx: TaskContext) -> None:
 
 
 async def _record(ctx: TaskContext, ring: DiskRing) -> None:
+    accounted = 0
+    subscription: Subscription | None = None
+
     async def append(delivery: Delivery) -> Outcome:
+        nonlocal accounted
+        if isinstance(subscription, LossySubscription) and subscription.dropped > accounted:
+            lost, accounted = subscription.dropped - accounted, subscription.dropped
+            ctx.log.warning("flight recorder: its queue overflowed; %d events not recorded", lost)
+            ring.skip(lost)
         ring.append(delivery.routing_key, delivery.body, delivery.headers)
         return ACK
 

@@ -130,6 +130,16 @@ class Subscription(Protocol):
     async def cancel(self) -> None: ...
 
 
+@runtime_checkable
+class LossySubscription(Subscription, Protocol):
+    """A consumer whose queue drops its oldest messages when full (a fan-out view), and counts what it
+    dropped, so a consumer that must account for every message (the solo recorder) can say where it lost
+    some."""
+
+    @property
+    def dropped(self) -> int: ...
+
+
 class Transport(Protocol):
     """Publish bytes under a routing key; consume them by binding pattern."""
 

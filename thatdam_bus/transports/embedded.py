@@ -65,6 +65,11 @@ class _LocalSubscription:
     def queue(self) -> str:
         return self._queue.name
 
+    @property
+    def dropped(self) -> int:
+        """Messages the queue dropped (its oldest, when full) since it was made: a lossy view's losses."""
+        return self._queue.dropped
+
     async def cancel(self) -> None:
         """Stop delivery. A message a worker was handling goes back to its queue; an ephemeral queue goes."""
         if self._closed:
