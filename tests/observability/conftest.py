@@ -3,12 +3,25 @@ declared under it (the recorder stream, registered queues, both exchanges, the R
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from tests.nodes import NodeProcess
+from tests.observability.support import solo
 from thatdam_bus.recorder.amqp_stream import stream_name
+
+
+@pytest.fixture
+def solo_node(state_dir: Path) -> Iterator[NodeProcess]:
+    """A solo node on the embedded broker, its flight recorder running; killed at teardown."""
+    node = solo(state_dir)
+    try:
+        yield node
+    finally:
+        node.kill()
 
 
 @pytest.fixture

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
-from tests.support import queue_until
+from tests.nodes import NodeProcess
+from tests.support import queue_until, wait_until
 from tests.tools.tail_process import TailProcess
+from thatdam_bus.recorder.disk_ring import RECORDER_DIR
+from thatdam_bus.recorder.ring_reader import RingReader
+from thatdam_bus.transports.amqp import AmqpTransport
+from thatdam_bus.transports.socket_client import SocketTransport
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 KEY = "capture.obs.seq"  # a recorded channel (topics.Patterns.RECORDED)
 PACE_S = 0.01
 """The pump's publishing rate (100/s): pacing a producer, not waiting for anything."""
+LIVE = 5
+"""Events published after bus-tail printed its first record that it must print too: proof it went live."""
 
 
 def seq_body(seq: int, run: str) -> bytes:
@@ -33,16 +44,32 @@ class Numbered:
         self.sent = 0
 
     async def publish(self, publish: Publish, count: int = 1) -> None:
+        """Each number is taken before its publish starts, so no event numbered ``sent`` or above has left yet."""
         for _ in range(count):
-            await publish(KEY, seq_body(self.sent, self.run))
-            self.sent += 1
+            seq, self.sent = self.sent, self.sent + 1
+            await publish(KEY, seq_body(seq, self.run))
+
+
+@dataclass(frozen=True)
+class Printed:
+    """What bus-tail printed, and ``Numbered.sent`` when its first record came out (its replay had begun)."""
+
+    seqs: list[int]
+    attached: int
+
+    @property
+    def live(self) -> int:
+        """Printed events published only after bus-tail attached: they crossed the seam into live delivery."""
+        return sum(seq >= self.attached for seq in self.seqs)
 
 
 async def history_then_live(env: dict[str, str], publish: Publish, numbered: Numbered, *, history: int = 20,
-                            live: int = 40, args: tuple[str, ...] = ("--since", "1m")) -> list[int]:
+                            live: int = LIVE, args: tuple[str, ...] = ("--since", "1m")) -> Printed:
     """Publish ``history`` events, start ``bus-tail capture.obs.# ARGS`` while a pump keeps publishing (so the seam
-    falls among them), read until ``live`` events past the history arrived, stop the pump, read the rest.
-    Returns the printed sequence numbers, which the caller compares with ``range(numbered.sent)``."""
+    falls among them), read until ``live`` events published after its first record came out were printed too,
+    stop the pump, read the rest. The caller compares ``seqs`` with the range it expects and checks ``live``:
+    events published after spawning bus-tail may still be history to it, only those after its first record
+    cannot be."""
     await numbered.publish(publish, history)
     tail = await TailProcess.start(env, "capture.obs.#", *args)
     stop = asyncio.Event()
@@ -53,15 +80,16 @@ async def history_then_live(env: dict[str, str], publish: Publish, numbered: Num
             await asyncio.sleep(PACE_S)
 
     pumping = asyncio.create_task(pump())
-    printed: list[int] = []
     try:
         async with asyncio.timeout(60):
-            while len(printed) < history + live:
-                printed.append(await _seq(tail, numbered.run))
+            first = await _seq(tail, numbered.run)
+            printed = Printed([first], numbered.sent)
+            while printed.live < live:
+                printed.seqs.append(await _seq(tail, numbered.run))
             stop.set()
             await pumping
-            while printed[-1] < numbered.sent - 1 and len(printed) < numbered.sent + 5:
-                printed.append(await _seq(tail, numbered.run))
+            while printed.seqs[-1] < numbered.sent - 1 and len(printed.seqs) < numbered.sent + 5:
+                printed.seqs.append(await _seq(tail, numbered.run))
     finally:
         pumping.cancel()
         await tail.kill()
@@ -89,3 +117,56 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def just_past_a_whole_second() -> None:
+    """Wait until the wall clock has just passed a whole second (the resolution of a stream's timestamp offset)."""
+    second = math.ceil(time.time())
+    await wait_until(lambda: time.time() >= second, 2.0, "the next whole second")
+
+
+async def window_passed(window_s: float) -> None:
+    """Wait until the wall clock is more than ``window_s`` past now: whatever was stored before this call is
+    older than ``--since {window_s}s`` for a bus-tail started afterwards."""
+    start = time.time()
+    await wait_until(lambda: time.time() > start + window_s, window_s + 5, f"{window_s}s of wall clock")
+
+
+async def recorded(state_dir: Path, key: str, count: int, timeout: float = 10.0) -> None:
+    """Wait until the solo node's ring holds ``count`` events on ``key``."""
+    reader = RingReader(state_dir / RECORDER_DIR)
+    await wait_until(lambda: sum(entry.routing_key == key for entry in reader.read(0, reader.end_offset())) >= count,
+                     timeout, f"{count} events on {key} in the ring")
+
+
+def solo(state_dir: Path) -> NodeProcess:
+    node = NodeProcess(state_dir)
+    node.wait_for_log("flight recorder")
+    return node
+
+
+def leader(state_dir: Path, env: dict[str, str]) -> NodeProcess:
+    node = NodeProcess(state_dir, **env)
+    node.wait_for_log("flight recorder: stream")
+    return node
+
+
+async def socket_publisher(state_dir: Path) -> tuple[SocketTransport, Publish]:
+    transport = SocketTransport(state_dir / "bus.sock", prefix="thatdam")
+    await transport.start()
+
+    async def publish(key: str, body: bytes) -> None:
+        await transport.publish(key, body)
+
+    return transport, publish
+
+
+async def amqp_publisher(url: str, prefix: str, *, confirmed: bool = False) -> tuple[AmqpTransport, Publish]:
+    """A publisher on RabbitMQ; ``confirmed`` publishes durably, so each returns once the stream stored it."""
+    transport = AmqpTransport(url, prefix=prefix)
+    await transport.start()
+
+    async def publish(key: str, body: bytes) -> None:
+        await transport.publish(key, body, durable=confirmed)
+
+    return transport, publish

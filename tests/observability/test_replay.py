@@ -6,53 +6,25 @@ node that keeps or declared the recorder restarted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.nodes import NodeProcess, node_env
-from tests.observability.support import KEY, Numbered, Publish, history_then_live, seq_body, stream_declared
+from tests.observability.support import (
+    KEY,
+    Numbered,
+    amqp_publisher,
+    history_then_live,
+    leader,
+    recorded,
+    seq_body,
+    socket_publisher,
+    solo,
+    stream_declared,
+)
 from tests.tools.tail_process import TailProcess
 from thatdam_bus.recorder.amqp_stream import stream_name
-from thatdam_bus.recorder.disk_ring import RECORDER_DIR
-from thatdam_bus.recorder.ring_reader import RingReader
 from thatdam_bus.transports.amqp import AmqpTransport
 from thatdam_bus.transports.batching import BatchPolicy
-from thatdam_bus.transports.socket_client import SocketTransport
-
-
-async def recorded(state_dir: Path, key: str, count: int, timeout: float = 10.0) -> None:
-    """Wait until the solo node's ring holds ``count`` events on ``key``."""
-    reader = RingReader(state_dir / RECORDER_DIR)
-    async with asyncio.timeout(timeout):
-        while sum(entry.routing_key == key for entry in reader.read(0, reader.end_offset())) < count:
-            await asyncio.sleep(0.05)
-
-
-def solo(state_dir: Path) -> NodeProcess:
-    node = NodeProcess(state_dir)
-    node.wait_for_log("flight recorder")
-    return node
-
-
-async def socket_publisher(state_dir: Path) -> tuple[SocketTransport, Publish]:
-    transport = SocketTransport(state_dir / "bus.sock", prefix="thatdam")
-    await transport.start()
-
-    async def publish(key: str, body: bytes) -> None:
-        await transport.publish(key, body)
-
-    return transport, publish
-
-
-@pytest.fixture
-def solo_node(state_dir: Path) -> Iterator[NodeProcess]:
-    node = solo(state_dir)
-    try:
-        yield node
-    finally:
-        node.kill()
 
 
 async def test_solo_history_then_live_without_gap_or_duplicate(solo_node: NodeProcess) -> None:
@@ -60,7 +32,7 @@ async def test_solo_history_then_live_without_gap_or_duplicate(solo_node: NodePr
     transport, publish = await socket_publisher(solo_node.state_dir)
     async with transport:
         printed = await history_then_live(node_env(solo_node.state_dir), publish, numbered)
-    assert printed == list(range(numbered.sent))
+    assert printed.seqs == list(range(numbered.sent)) and printed.live > 0
 
 
 async def test_solo_replay_after_the_node_restarts(state_dir: Path) -> None:
@@ -80,23 +52,7 @@ async def test_solo_replay_after_the_node_restarts(state_dir: Path) -> None:
             printed = await history_then_live(node_env(state_dir), publish, numbered, history=5)
     finally:
         node.kill()
-    assert printed == list(range(numbered.sent)) and printed[:15] == list(range(15))
-
-
-def leader(state_dir: Path, env: dict[str, str]) -> NodeProcess:
-    node = NodeProcess(state_dir, **env)
-    node.wait_for_log("flight recorder: stream")
-    return node
-
-
-async def amqp_publisher(url: str, prefix: str) -> tuple[AmqpTransport, Publish]:
-    transport = AmqpTransport(url, prefix=prefix)
-    await transport.start()
-
-    async def publish(key: str, body: bytes) -> None:
-        await transport.publish(key, body)
-
-    return transport, publish
+    assert printed.seqs == list(range(numbered.sent)) and printed.seqs[:15] == list(range(15)) and printed.live > 0
 
 
 async def test_rabbitmq_history_then_live_without_gap_or_duplicate(cluster_env: dict[str, str], prefix: str,
@@ -110,7 +66,7 @@ async def test_rabbitmq_history_then_live_without_gap_or_duplicate(cluster_env: 
             printed = await history_then_live(node_env(state_dir.parent / "tail", **cluster_env), publish, numbered)
     finally:
         node.kill()
-    assert printed == list(range(numbered.sent))
+    assert printed.seqs == list(range(numbered.sent)) and printed.live > 0
 
 
 async def test_rabbitmq_replay_after_the_declaring_node_restarts(cluster_env: dict[str, str], prefix: str,
@@ -130,7 +86,7 @@ async def test_rabbitmq_replay_after_the_declaring_node_restarts(cluster_env: di
                                               history=5)
         finally:
             node.kill()
-    assert printed == list(range(numbered.sent)) and printed[:15] == list(range(15))
+    assert printed.seqs == list(range(numbered.sent)) and printed.seqs[:15] == list(range(15)) and printed.live > 0
 
 
 async def test_last_n_and_from_start_on_rabbitmq(cluster_env: dict[str, str], prefix: str, rabbitmq: str,
@@ -156,7 +112,7 @@ async def test_last_n_and_from_start_on_rabbitmq(cluster_env: dict[str, str], pr
     finally:
         node.kill()
     assert (last, live) == ([25, 26, 27, 28, 29], [30, 31, 32])
-    assert everything == list(range(numbered.sent))
+    assert everything.seqs == list(range(numbered.sent)) and everything.live > 0
 
 
 async def test_batched_events_replay_one_by_one_from_the_stream(cluster_env: dict[str, str], prefix: str,

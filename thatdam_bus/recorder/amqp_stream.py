@@ -87,7 +87,8 @@ class StreamSource:
     """Reads ``<prefix>.recorder`` for bus-tail: offsets are the stream's own."""
 
     exact_since = False
-    """A timestamp attaches at the chunk stored around it: ``replay`` skips leading older envelopes."""
+    """A timestamp attaches at the first chunk stored within its whole second: ``replay`` skips leading older
+    envelopes."""
 
     def __init__(self, connection: AbstractConnection, prefix: str) -> None:
         self.connection = connection

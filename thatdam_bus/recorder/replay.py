@@ -8,8 +8,9 @@ while the recorder is down) the recorder does not have, and neither does the rep
 Where to start:
 
 * ``--from-start``: the oldest entry still kept;
-* ``--since D``: the ring knows when it recorded each entry (exact); a stream starts at the chunk stored around
-  that time (a little earlier), so leading entries whose envelope ``time`` is older are skipped;
+* ``--since D``: the ring knows when it recorded each entry (exact); a stream starts at the first chunk stored
+  within that whole second (up to a second earlier), so leading entries whose envelope ``time`` is older are
+  skipped;
 * ``--last N``: the last N entries *that pass the filters*, before a seam (the ring's end when bus-tail
   starts; on a stream, a marker it appends, see ``amqp_stream``). Found by counting matches in windows that
   grow fourfold back from the seam, then replayed from there, skipping the surplus.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -128,8 +129,11 @@ async def last_start(source: RecorderSource, count: int, matches: Matches) -> tu
 
 
 def _envelope_time(body: bytes) -> datetime | None:
+    """The envelope's ``time``, timezone-aware: one written without a zone is taken as UTC (the bus stamps UTC),
+    because comparing a naive time with the aware ``--since`` instant raises instead of answering."""
     try:
         document = orjson.loads(body)
-        return datetime.fromisoformat(document["time"]) if isinstance(document, dict) else None
+        moment = datetime.fromisoformat(document["time"]) if isinstance(document, dict) else None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
