@@ -158,6 +158,13 @@ class _Store:
             rows.close()
             return self.generation, held
 
+    def undelivered(self) -> int:
+        """Entries no broker has: all but the solo journal's copies of events delivered on the embedded broker."""
+        with self._lock:
+            if self._db is None:
+                return 0
+            return int(self._db.execute("SELECT count(*) FROM outbox WHERE delivered_locally = 0").fetchone()[0])
+
     def delete_through(self, last_id: int, generation: int) -> None:
         """Forget every entry up to ``last_id`` (confirmed by the broker); remove the file once it is empty."""
         with self._lock:
@@ -207,6 +214,10 @@ class Outbox:
 
     def __len__(self) -> int:
         return self._store.count
+
+    async def undelivered(self) -> int:
+        """Held events no broker has (the backlog): ``len`` less the solo journal's locally delivered copies."""
+        return await asyncio.to_thread(self._store.undelivered)
 
     @property
     def pending(self) -> bool:

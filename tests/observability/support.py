@@ -119,6 +119,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def last_then_live(env: dict[str, str], publish: Publish, numbered: Numbered) -> tuple[list[int], list[int]]:
+    """``bus-tail --last 5`` once the events are recorded: the five it replays, then the three published after
+    they were printed (live)."""
+    tail = await TailProcess.start(env, "capture.obs.#", "--last", "5")
+    try:
+        last = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(5)]
+        await numbered.publish(publish, 3)
+        live = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(3)]
+    finally:
+        await tail.kill()
+    return last, live
+
+
 async def just_past_a_whole_second() -> None:
     """Wait until the wall clock has just passed a whole second (the resolution of a stream's timestamp offset)."""
     second = math.ceil(time.time())

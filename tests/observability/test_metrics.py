@@ -24,6 +24,7 @@ FAMILIES = {  # metric family -> its Prometheus type (counters expose <family>_t
     "thatdam_outbox_depth": "gauge", "thatdam_queue_consumers": "gauge", "thatdam_lease_renew_seconds": "histogram",
     "thatdam_leader_epoch": "gauge", "thatdam_node_role": "gauge", "thatdam_frames_captured": "counter",
     "thatdam_frames_dropped": "counter", "thatdam_recorder_events": "counter", "thatdam_recorder_bytes": "gauge",
+    "thatdam_solo_journal_events": "gauge",
 }
 
 
@@ -76,7 +77,8 @@ async def test_the_endpoint_serves_the_named_metrics_and_counts_move(metrics_nod
     async with transport:
         await transport.publish("node.intruder.heartbeat", b"\x00 not json")
     text = await until(port, lambda text: sample(text, "thatdam_messages_dead_lettered_total",
-                                                  handler="membership.track_heartbeat", reason="not_json") == 1)
+                                                  handler="membership.track_heartbeat", channel="node.*.heartbeat",
+                                                  reason="not_json") == 1)
     assert sample(text, "thatdam_handler_duration_seconds_count", handler="membership.track_heartbeat") > 0
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/elsewhere", timeout=5)
@@ -88,4 +90,5 @@ async def test_the_endpoint_serves_the_named_metrics_and_counts_move(metrics_nod
             health = json.loads(run.stdout)["health"]
             if health["dead_letters_1m"] >= 1:
                 break
-    assert health == {"dead_letters_1m": 1, "outbox_depth": 0, "queues_without_consumers": []}
+    assert health == {"dead_letters_1m": 1, "outbox_depth": 0, "queues_without_consumers": [],
+                      "queues_checked_on_broker": False}

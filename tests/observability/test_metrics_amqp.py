@@ -1,10 +1,12 @@
 """The metrics endpoint of a node on RabbitMQ, read with prometheus-client's own parser: the counters by channel
-move exactly as much as the test makes the node publish and consume, and the dead-lettered counter, by handler
-and reason, matches what is in the dead-letter queue, message by message."""
+move exactly as much as the test makes the node publish and consume, and the dead-lettered counter, by handler,
+channel and reason, matches what is in the dead-letter queue, message by message: each parked message's queue
+and reason headers, classified, give the same counts."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,14 +25,26 @@ from tests.observability.support import free_port, has_consumer
 from thatdam_bus import CaptureStarted, FrameReady
 from thatdam_bus.envelope import encode
 from thatdam_bus.publisher import Bus
+from thatdam_bus.topics import LEADER_ELECTED, topic_matches
 from thatdam_bus.transports.amqp import AmqpTransport
-from thatdam_bus.transports.base import QUEUE_HEADER, REASON_HEADER
+from thatdam_bus.transports.base import ORIGINAL_KEY_HEADER, QUEUE_HEADER, REASON_HEADER
 from thatdam_bus.transports.batching import BATCH_HEADER
 
 NODE = "metrics-node"
 PATTERN = "test://testsrc2?size=160x90&rate=30"
 MAX_BYTES = 4096
 INDEX, ELECTED = "indexer.index", "leadership.leader_elected"  # a durable queue, a fan-out tap
+CHANNEL = {INDEX: "frame.*.*.ready", ELECTED: LEADER_ELECTED}
+"""Each handler's channel label: the pattern it binds."""
+REASON_CLASSES = (  # a dead letter's reason header -> the reason class the metric counts it under
+    (r"gave up after \d+ attempts: ", "gave_up"),
+    (r"body is (not JSON|JSON \w+, not an object)", "not_json"),
+    (r"invalid envelope: ", "invalid_envelope"),
+    (r"message of \d+ bytes exceeds the limit", "too_large"),
+    (r"event type '[^']+' is not '[^']+' handled here", "wrong_type"),
+    (r"invalid [\w.]+ data: ", "invalid_data"),
+    (r"blob missing: ", "rejected"),
+)
 Series = tuple[str, frozenset[tuple[str, str]]]
 
 
@@ -61,7 +75,7 @@ class Scrape:
         return self.get("thatdam_messages_consumed_total", handler=handler, channel=channel)
 
     def dead_lettered(self) -> Counter[tuple[str, ...]]:
-        return self.by("thatdam_messages_dead_lettered_total", "handler", "reason")
+        return self.by("thatdam_messages_dead_lettered_total", "handler", "channel", "reason")
 
 
 def scrape(port: int) -> Scrape:
@@ -78,6 +92,7 @@ async def scrape_until(port: int, predicate: Callable[[Scrape], bool], what: str
     except TimeoutError:
         shown = {} if got is None else {key: value for key, value in got.samples.items() if "messages" in key[0]}
         raise AssertionError(f"no {what} within {timeout}s; last scrape: {shown}") from None
+    assert got is not None
     return got
 
 
@@ -171,7 +186,8 @@ class BadSender:
         self.expected[encode(sent)] = (handler, reason)
 
     def counts(self) -> Counter[tuple[str, ...]]:
-        return Counter(self.expected.values())
+        """By (handler, channel, reason), as the metric counts."""
+        return Counter((handler, CHANNEL[handler], reason) for handler, reason in self.expected.values())
 
 
 async def send_bad_messages(sender: BadSender, blobs: Path) -> None:
@@ -226,14 +242,25 @@ async def test_dead_lettered_counts_by_reason_match_the_dead_letter_queue(
         while (count := (await dead_letter_queue(rabbitmq, queue))[0]) < total:
             await asyncio.sleep(0.1)
     count, messages = await dead_letter_queue(rabbitmq, queue)
-    parked = Counter(sender.expected[message.body] for message in messages)
-    assert after.dead_lettered() == expected
+    parked = Counter(parked_as(message, prefix) for message in messages)
     assert count == len(messages) == total
-    assert parked == expected
+    assert parked == after.dead_lettered(), "the queue's headers, classified, must give the metric's counts"
+    assert after.dead_lettered() == expected
     for message in messages:
-        handler, _ = sender.expected[message.body]
-        queue_of = f"{prefix}.{INDEX}" if handler == INDEX else f"{prefix}.tap."
-        assert str(message.headers[QUEUE_HEADER]).startswith(queue_of) and message.headers[REASON_HEADER]
-    retried = sum(reason == "gave_up" for _, reason in expected.elements())
+        handler, reason = sender.expected[message.body]
+        assert parked_as(message, prefix) == (handler, CHANNEL[handler], reason), message.headers[REASON_HEADER]
+    retried = sum(reason == "gave_up" for _, _, reason in expected.elements())
     assert (after.consumed(INDEX, "frame.*.*.ready") - before.consumed(INDEX, "frame.*.*.ready")
-            == sum(handler == INDEX for handler, _ in expected.elements()) + retried)
+            == sum(handler == INDEX for handler, _, _ in expected.elements()) + retried)
+
+
+def parked_as(message: aio_pika.abc.AbstractIncomingMessage, prefix: str) -> tuple[str, str, str]:
+    """(handler, channel, reason class) of a dead letter, from its own headers: the queue it left names the
+    handler (its durable queue, or a tap of the fan-out one), the reason text gives the class."""
+    queue, reason = str(message.headers[QUEUE_HEADER]), str(message.headers[REASON_HEADER])
+    handler = INDEX if queue == f"{prefix}.{INDEX}" else ELECTED
+    assert handler == INDEX or queue.startswith(f"{prefix}.tap."), queue
+    assert topic_matches(CHANNEL[handler], str(message.headers[ORIGINAL_KEY_HEADER]))
+    classes = [name for pattern, name in REASON_CLASSES if re.match(pattern, reason)]
+    assert len(classes) == 1, f"reason {reason!r} matches {classes}"
+    return handler, CHANNEL[handler], classes[0]

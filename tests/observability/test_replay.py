@@ -14,6 +14,7 @@ from tests.observability.support import (
     Numbered,
     amqp_publisher,
     history_then_live,
+    last_then_live,
     leader,
     recorded,
     seq_body,
@@ -101,13 +102,7 @@ async def test_last_n_and_from_start_on_rabbitmq(cluster_env: dict[str, str], pr
         async with transport:
             await numbered.publish(publish, 30)
             env = node_env(state_dir.parent / "tail", **cluster_env)
-            tail = await TailProcess.start(env, "capture.obs.#", "--last", "5")
-            try:
-                last = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(5)]
-                await numbered.publish(publish, 3)
-                live = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(3)]
-            finally:
-                await tail.kill()
+            last, live = await last_then_live(env, publish, numbered)
             everything = await history_then_live(env, publish, numbered, history=0, live=10, args=("--from-start",))
     finally:
         node.kill()

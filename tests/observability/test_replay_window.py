@@ -13,13 +13,13 @@ from tests.observability.support import (
     amqp_publisher,
     history_then_live,
     just_past_a_whole_second,
+    last_then_live,
     leader,
     recorded,
     socket_publisher,
     stream_declared,
     window_passed,
 )
-from tests.tools.tail_process import TailProcess
 from thatdam_bus.recorder.amqp_stream import stream_name
 
 WINDOW_S = 2.0
@@ -73,13 +73,7 @@ async def test_solo_last_n_then_live(solo_node: NodeProcess) -> None:
     async with transport:
         await numbered.publish(publish, 30)
         await recorded(solo_node.state_dir, KEY, 30)
-        tail = await TailProcess.start(env, "capture.obs.#", "--last", "5")
-        try:
-            last = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(5)]
-            await numbered.publish(publish, 3)
-            live = [(await tail.next_record())["event"]["data"]["seq"] for _ in range(3)]
-        finally:
-            await tail.kill()
+        last, live = await last_then_live(env, publish, numbered)
         raced = await history_then_live(env, publish, numbered, history=0, args=("--last", "5"))
     assert (last, live) == ([25, 26, 27, 28, 29], [30, 31, 32])
     assert raced.seqs == list(range(raced.seqs[0], numbered.sent)) and raced.live > 0

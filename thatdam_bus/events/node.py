@@ -44,7 +44,8 @@ class NodeHeartbeat(Payload):
     interval_s: float = Field(gt=0, description="the sender's heartbeat interval, for liveness timeouts")
     dead_letters_1m: int | None = Field(default=None, ge=0, description="messages its handlers dead-lettered in "
                                         "the last minute")
-    outbox_depth: int | None = Field(default=None, ge=0, description="durable events held in its outbox / journal")
+    outbox_depth: int | None = Field(default=None, ge=0, description="durable events no broker has yet (its "
+                                     "outbox; solo: events held before it fell back)")
     queues_without_consumers: Annotated[list[ShortText], Field(max_length=64)] = Field(
         default=[], description="durable queues it consumes that the broker reports without any consumer")
 

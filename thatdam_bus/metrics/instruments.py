@@ -30,11 +30,13 @@ _BUCKET_BOUNDS = (*map(floatToGoString, _HANDLER_BUCKETS), "+Inf")
 """The ``le`` labels, as prometheus_client writes them."""
 
 PUBLISHED = Counter("thatdam_messages_published", "Events published by this node, by channel pattern", ["channel"])
-DEAD_LETTERED = Counter("thatdam_messages_dead_lettered", "Deliveries dead-lettered by a handler, by reason class",
-                        ["handler", "reason"])
-OUTBOX_DEPTH = Gauge("thatdam_outbox_depth", "Durable events held in the outbox or solo journal")
+DEAD_LETTERED = Counter("thatdam_messages_dead_lettered", "Deliveries dead-lettered by a handler, by the handler's "
+                        "channel pattern and reason class", ["handler", "channel", "reason"])
+OUTBOX_DEPTH = Gauge("thatdam_outbox_depth", "Durable events no broker has yet (held while RabbitMQ is away)")
+SOLO_JOURNAL_EVENTS = Gauge("thatdam_solo_journal_events", "Events a solo node keeps to forward when it joins a "
+                            "cluster (mostly copies already delivered locally); 0 in a cluster session")
 QUEUE_CONSUMERS = Gauge("thatdam_queue_consumers", "Consumers the broker reports on a durable queue this node "
-                        "consumes (0: work piles up)", ["queue"])
+                        "consumes (0: work piles up); no series while the broker does not answer", ["queue"])
 LEASE_RENEW_SECONDS = Histogram("thatdam_lease_renew_seconds", "Latency of a leader lease renew",
                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
 LEADER_EPOCH = Gauge("thatdam_leader_epoch", "Newest leader epoch this node has seen")
@@ -105,7 +107,7 @@ class HandlerMetrics:
         self.total += seconds
 
     def dead_lettered(self, reason_class: str) -> None:
-        DEAD_LETTERED.labels(handler=self.name, reason=reason_class).inc()
+        DEAD_LETTERED.labels(handler=self.name, channel=self.channel, reason=reason_class).inc()
         DEAD_LETTERS.add()
 
 

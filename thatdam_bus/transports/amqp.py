@@ -16,15 +16,18 @@ consumers: aio-pika #231/#536, faststream #2758).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from aiormq.exceptions import ChannelNotFoundEntity
+
 from thatdam_bus.errors import ConfigError, TransportClosed, TransportUnavailable
-from thatdam_bus.transports.amqp_consumer import AmqpSubscription, ConsumerSettings, consumer_count
+from thatdam_bus.transports.amqp_consumer import AmqpSubscription, ConsumerSettings, QueueFigures, queue_figures
 from thatdam_bus.transports.amqp_link import (
     LOG,
     UNAVAILABLE_ERRORS,
@@ -40,7 +43,7 @@ from thatdam_bus.transports.amqp_topology import Topology
 from thatdam_bus.transports.base import Capabilities, DeliveryCallback, QueueKind, QueueSpec, Subscription
 from thatdam_bus.transports.batching import BATCH_CONTENT_TYPE, Batcher, BatchPolicy
 
-__all__ = ["AmqpTransport"]
+__all__ = ["AmqpTransport", "QueueFigures"]
 
 
 def _host_of(url: str) -> str:
@@ -185,9 +188,20 @@ class AmqpTransport:
     async def consumer_counts(self) -> dict[str, int]:
         """Consumers the broker reports on each durable queue this transport consumes (health checks)."""
         link = await self._supervisor.current(self._connect_timeout)
-        return {subscription.queue: await consumer_count(link, subscription.queue, self._confirm_timeout)
+        return {subscription.queue: (await queue_figures(link, subscription.queue, self._confirm_timeout)).consumers
                 for subscription in list(self._subscriptions)
                 if subscription.spec.kind is QueueKind.DURABLE and not subscription.cancelled}
+
+    async def queue_figures(self, queues: Iterable[str]) -> dict[str, QueueFigures]:
+        """Messages and consumers of each named queue that exists, whoever declared it (a queue the broker does
+        not have is left out): how ``thatdam status`` finds work whose only consumer is gone, without the
+        management plugin. A passive declare each, on a throwaway channel (a 404 closes it)."""
+        link = await self._supervisor.current(self._connect_timeout)
+        found: dict[str, QueueFigures] = {}
+        for queue in queues:
+            with contextlib.suppress(ChannelNotFoundEntity):
+                found[queue] = await queue_figures(link, queue, self._confirm_timeout)
+        return found
 
     def abandon(self) -> None:
         """The broker is out of reach (a partition): from now on nothing here waits for it. Publishes fail at
@@ -252,7 +266,7 @@ class AmqpTransport:
         if subscription.cancelled:
             return
         try:
-            count = await consumer_count(link, subscription.queue, self._confirm_timeout)
+            count = (await queue_figures(link, subscription.queue, self._confirm_timeout)).consumers
         except Exception as exc:
             LOG.warning("could not verify consumers of %s after recovery: %s", subscription.queue, exc)
             return

@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import aio_pika
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
@@ -375,12 +375,20 @@ class AmqpSubscription:
         await confirmed_publish(exchange, copy, key, mandatory=False, timeout=self._settings.timeout)
 
 
-async def consumer_count(link: Link, queue: str, timeout: float) -> int:
-    """Ask the broker how many consumers ``queue`` has, on a throwaway channel (a 404 closes the channel)."""
+class QueueFigures(NamedTuple):
+    """What a passive declare tells about a queue."""
+
+    messages: int
+    consumers: int
+
+
+async def queue_figures(link: Link, queue: str, timeout: float) -> QueueFigures:
+    """Ask the broker about ``queue``, on a throwaway channel (a 404, ``ChannelNotFoundEntity``, closes it)."""
     channel: AbstractRobustChannel = await link.connection.channel(publisher_confirms=False)
     try:
         async with asyncio.timeout(timeout):
             declared = await channel.declare_queue(queue, passive=True, robust=False)
-        return int(declared.declaration_result.consumer_count or 0)
+        result = declared.declaration_result
+        return QueueFigures(int(result.message_count or 0), int(result.consumer_count or 0))
     finally:
         await _close_quietly(channel, timeout)
