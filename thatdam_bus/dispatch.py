@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -112,12 +114,12 @@ def make_callback(
     seen: SeenIds | None = None,
     verifier: IntentVerifier | None = None,
     fence: EpochFence | None = None,
-    max_attempts: int | None = None,
 ) -> DeliveryCallback:
     """The delivery callback a transport runs for ``spec``. ``verifier`` checks signed intents; without one
     (or without a key) a handler of signed intents refuses them all; ``fence`` refuses intents stamped with
-    a leader epoch older than the newest this node has seen. ``max_attempts`` (the transport's) lets the
-    metrics count a failure on the last attempt as the dead letter the transport will make of it.
+    a leader epoch older than the newest this node has seen. Dead letters are counted by reason class when
+    the transport has stored them (``Outcome.on_parked``): a requeue carries the ``gave_up`` count, which the
+    transport runs if its attempt bound turns the requeue into a dead letter.
 
     The event's ``traceparent`` is the current trace while the gate and the handler run (a new trace for an
     event without one), so what the handler publishes, and the intent's result, continue it."""
@@ -125,6 +127,10 @@ def make_callback(
         seen = SeenIds()
     gate = IntentGate(verifier, scope=spec.qualified_name) if spec.payload.signed else None
     metrics = HandlerMetrics.of(spec.qualified_name, spec.queue.patterns)
+    gave_up = partial(metrics.dead_lettered, "gave_up")
+
+    def counted(outcome: Outcome, reason_class: str) -> Outcome:
+        return replace(outcome, on_parked=partial(metrics.dead_lettered, reason_class))
 
     decode = _decoder(spec, max_bytes)
 
@@ -134,8 +140,7 @@ def make_callback(
             return ACK  # addressed to another node: its own queue has a copy; no result from us
         if gate is not None and (rejection := gate.admit(event, delivery, fence)) is not None:
             await gate.refused(ctx, event, rejection)
-            metrics.dead_lettered("intent_" + rejection.reason.replace(" ", "_"))
-            return _dead_letter(spec, delivery, str(rejection))
+            return counted(_dead_letter(spec, delivery, str(rejection)), "intent_" + rejection.reason.replace(" ", "_"))
         if seen is not None and event.id in seen:
             log.info("duplicate %s id=%s ignored by %s", delivery.routing_key, event.id, spec.qualified_name)
             return ACK
@@ -151,9 +156,9 @@ def make_callback(
             if seen is not None:
                 seen.add(event.id)
         elif outcome.fate is Fate.DEAD_LETTER:
-            metrics.dead_lettered("rejected")
-        elif max_attempts is not None and delivery.attempt >= max_attempts:
-            metrics.dead_lettered("gave_up")
+            outcome = counted(outcome, "rejected")
+        else:
+            outcome = replace(outcome, on_parked=gave_up)
         if gate is not None:
             await gate.settled(ctx, event, outcome)
         return outcome
@@ -163,11 +168,14 @@ def make_callback(
         try:
             event = decode(delivery)
         except ContractError as exc:
-            metrics.dead_lettered(_reason_class(exc))
-            return _dead_letter(spec, delivery, str(exc))
+            return counted(_dead_letter(spec, delivery, str(exc)), _reason_class(exc))
         token = enter_trace(event.traceparent or new_traceparent())
         try:
             return await handle(event, delivery)
+        except Exception as exc:  # the gate's result publish, or its bookkeeping: retried like a handler failure
+            log.warning("dispatch for %s failed on %s (attempt %d): %r",
+                        spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
+            return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}", gave_up)
         finally:
             leave_trace(token)
 

@@ -115,5 +115,4 @@ class HandlerHost:
             return HandlerContext(self.bus, self.bus.node_id, delivery.routing_key, delivery.attempt,
                                   handler_log, state)
 
-        return make_callback(spec, context_for, max_bytes=self.max_bytes, verifier=self.verifier,
-                             fence=self.fence, max_attempts=self.settings.max_attempts if self.settings else None)
+        return make_callback(spec, context_for, max_bytes=self.max_bytes, verifier=self.verifier, fence=self.fence)

@@ -80,6 +80,11 @@ class Outcome:
 
     fate: Fate
     reason: str | None = None
+    on_parked: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    """Called by the transport once the message is stored as a dead letter: on a dead letter, and on a requeue
+    that ``settle`` turns into one. What counts dead letters (dispatch's metrics) hangs here, so the count
+    follows the dead-letter queue, not the decision: a dead letter that could not be stored comes back and is
+    decided, and counted, once more only when it is stored."""
 
 
 ACK = Outcome(Fate.ACK)
@@ -91,7 +96,8 @@ def settle(outcome: Outcome, attempt: int, max_attempts: int) -> Outcome:
     """Bound retries: a requeue on the last allowed attempt becomes a dead-letter, so a poison message never
     loops for ever. Shared by every transport so the rule is the same everywhere."""
     if outcome.fate is Fate.REQUEUE and attempt >= max_attempts:
-        return Outcome(Fate.DEAD_LETTER, f"gave up after {attempt} attempts: {outcome.reason or 'requeued'}")
+        return Outcome(Fate.DEAD_LETTER, f"gave up after {attempt} attempts: {outcome.reason or 'requeued'}",
+                       outcome.on_parked)
     return outcome
 
 

@@ -53,6 +53,8 @@ class SocketTransport:
         self._request_timeout = request_timeout
         self._connection: ClientConnection | None = None
         self._max_frame = DEFAULT_MAX_FRAME
+        self.max_attempts: int | None = None
+        """The server's bound on attempts (from its hello): a requeue on the last one is a dead letter."""
         self._ids = itertools.count(1)
         self._subscriptions: set[SocketSubscription] = set()
         self._closed = False
@@ -172,6 +174,8 @@ class SocketTransport:
             raise ConfigError(f"the bus on {self.socket_path} uses prefix {hello.get('prefix')!r}, "
                               f"not {self.prefix!r}")
         self._max_frame = int(hello.get("max_frame", DEFAULT_MAX_FRAME))
+        attempts = hello.get("ma")
+        self.max_attempts = attempts if type(attempts) is int and attempts >= 1 else None
 
     def _live(self) -> ClientConnection:
         if self._closed:

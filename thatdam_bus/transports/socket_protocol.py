@@ -9,7 +9,7 @@ Header keys are short because every message carries one. Operations (``op``):
 =========  ==============  ==================================================================================
 op         direction       fields
 =========  ==============  ==================================================================================
-hello      client->server  id, v (protocol version) -> ok: prefix, max_frame
+hello      client->server  id, v (protocol version) -> ok: prefix, max_frame, ma (max attempts)
 pub        client->server  k (routing key), h (headers), d (durable), m (mandatory), id (only if d or m)
 sub        client->server  id, s (client-chosen subscription id), p, kind, name, pf (prefetch), src -> ok: q
 dlv        server->client  s, t (delivery tag), k, h, a (attempt), q (queue); the body is the message

@@ -136,7 +136,8 @@ class ServerConnection(FramedProtocol):
     # -- operations ---------------------------------------------------------------------------------------
 
     def _hello(self, header: dict[str, Any], _body: bytes) -> None:
-        self.send(reply_frame(header["id"], v=VERSION, prefix=self._broker.prefix, max_frame=self.max_frame))
+        self.send(reply_frame(header["id"], v=VERSION, prefix=self._broker.prefix, max_frame=self.max_frame,
+                              ma=self._broker.max_attempts))
 
     def _publish(self, header: dict[str, Any], body: bytes) -> None:
         key, headers, request_id = header["k"], header.get("h"), header.get("id")

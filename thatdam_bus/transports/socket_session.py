@@ -20,6 +20,7 @@ from thatdam_bus.transports.base import (
     Outcome,
     QueueSpec,
     outcome_of_crash,
+    settle,
 )
 from thatdam_bus.transports.mailbox import Mailbox, make_delivery
 from thatdam_bus.transports.socket_protocol import (
@@ -47,6 +48,7 @@ class SessionOwner(Protocol):
     """What the connection and subscriptions need from their transport."""
 
     socket_path: Path
+    max_attempts: int | None
 
     async def _request(self, header: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -184,7 +186,11 @@ class SocketSubscription:
                 continue
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(Fate.REQUEUE, f"subscriber returned {outcome!r}, not an Outcome")
+            if self._owner.max_attempts is not None:  # the server's own rule, applied here to know the fate
+                outcome = settle(outcome, delivery.attempt, self._owner.max_attempts)
             if outcome.fate is Fate.ACK:
                 connection.ack(tag)
-            else:
-                connection.send(settle_frame(tag, outcome.fate.value, outcome.reason))
+                continue
+            connection.send(settle_frame(tag, outcome.fate.value, outcome.reason))
+            if outcome.fate is Fate.DEAD_LETTER and outcome.on_parked is not None:
+                outcome.on_parked()  # the server stores it as it reads the frame, or requeues it if it never does
