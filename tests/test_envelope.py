@@ -6,16 +6,25 @@ import time
 from datetime import UTC, datetime
 from uuid import RFC_4122, UUID
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thatdam_bus import Envelope, FrameReady, NodeHeartbeat, Role
+from thatdam_bus import Envelope, FrameReady, NodeHeartbeat, NodeLeft, Role
 from thatdam_bus.envelope import decode_raw, encode
 from thatdam_bus.errors import DecodeError, SchemaError
 from thatdam_bus.events import ALL_PAYLOADS, model_for_type
 from thatdam_bus.ids import new_event_id
-from thatdam_bus.tracing import is_traceparent, new_traceparent, trace_id_of
+from thatdam_bus.publisher import Bus
+from thatdam_bus.tracing import (
+    cause_span_of,
+    is_traceparent,
+    new_traceparent,
+    span_id_of,
+    trace_id_of,
+    trace_scope,
+)
 
 WORD = st.from_regex(r"[A-Za-z0-9_\-]{1,64}", fullmatch=True)
 TEXT = st.text(max_size=80)
@@ -125,3 +134,40 @@ def test_a_malformed_parent_context_starts_a_new_valid_trace(parent: str) -> Non
     child = new_traceparent(parent)
     assert is_traceparent(child) and child[3:35] != "1" * 32
     Envelope[dict[str, int]](type="t", source="s", data={}, traceparent=child)  # pydantic accepts it
+
+
+@pytest.mark.parametrize("tracestate", [
+    "thatdam=" + "2" * 16,
+    "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+    "acme@sys=x, thatdam=" + "2" * 16,  # tenant@system key, optional space after the comma
+])
+def test_a_w3c_tracestate_is_kept(tracestate: str) -> None:
+    sent = Envelope[dict[str, int]](type="t", source="s", data={}, tracestate=tracestate)
+    assert decode_raw(encode(sent)).tracestate == tracestate
+
+
+@pytest.mark.parametrize("tracestate", [
+    "Thatdam=1",  # upper-case key
+    "thatdam",  # no value
+    "a=1,a=2",  # a key twice
+    "a=1,,b=2",  # an empty member
+    "a=x=y",  # '=' in the value
+    ",".join(f"k{n}=v" for n in range(33)),  # more than 32 members
+])
+def test_invalid_tracestates_are_refused_by_name(tracestate: str) -> None:
+    body = encode(Envelope[dict[str, int]](type="t", source="s", data={})).replace(
+        b'"data"', b'"tracestate":' + orjson.dumps(tracestate) + b',"data"')
+    with pytest.raises(SchemaError, match="tracestate"):
+        decode_raw(body)
+
+
+def test_an_event_published_in_a_trace_names_its_cause_and_a_root_names_none() -> None:
+    bus = Bus(None, cluster="test", node_id="n1")  # type: ignore[arg-type]
+    root = bus.envelope(NodeLeft(node_id="n1"))
+    with trace_scope(root.traceparent):
+        child = bus.envelope(NodeLeft(node_id="n1"))
+    assert root.tracestate is None
+    assert trace_id_of(child.traceparent) == trace_id_of(root.traceparent)
+    assert child.tracestate == f"thatdam={span_id_of(root.traceparent)}"
+    assert cause_span_of(child.tracestate) == span_id_of(root.traceparent) != span_id_of(child.traceparent)
+    assert cause_span_of("other=1, thatdam=" + "0" * 16) is None, "an all-zero span names no cause"

@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from thatdam_bus.errors import DecodeError, SchemaError
 from thatdam_bus.ids import new_event_id
-from thatdam_bus.tracing import TRACEPARENT_PATTERN, check_traceparent
+from thatdam_bus.tracing import TRACEPARENT_PATTERN, TRACESTATE_MAX, check_traceparent, check_tracestate
 
 CONTENT_TYPE = "application/json"
 SPEC_VERSION = "1.0"
@@ -72,6 +72,9 @@ class Envelope(BaseModel, Generic[DataT]):
     traceparent: Annotated[str | None, AfterValidator(check_traceparent)] = Field(
         default=None, pattern=TRACEPARENT_PATTERN, description="W3C trace context (CloudEvents distributed tracing)"
     )
+    tracestate: Annotated[str | None, AfterValidator(check_tracestate)] = Field(
+        default=None, max_length=TRACESTATE_MAX, description="W3C tracestate (CloudEvents distributed tracing); "
+        "its thatdam=<span id> entry names the span of the event that caused this one")
 
 
 _TYPED: dict[type[Any], type[Envelope[Any]]] = {}

@@ -22,7 +22,7 @@ from thatdam_bus.envelope import (
 from thatdam_bus.errors import PublishRefused, TransportError
 from thatdam_bus.metrics.instruments import count_published
 from thatdam_bus.outbox import Outbox, is_connected
-from thatdam_bus.tracing import current_traceparent, new_traceparent
+from thatdam_bus.tracing import cause_tracestate, current_traceparent, new_traceparent
 from thatdam_bus.transports.base import Transport
 from thatdam_bus.types import EpochSource
 
@@ -72,10 +72,12 @@ class Bus:
         cls = typed_envelope(type(payload))
         fields = {"type": payload.event_type, "source": self.source, "subject": subject, "data": payload,
                   "epoch": epoch, "seq": next(self._seq)}
+        cause = current_traceparent()
+        fields["traceparent"] = new_traceparent(cause)
+        if cause is not None:
+            fields["tracestate"] = cause_tracestate(cause)
         if extensions or not self._trusted(payload.event_type, subject, epoch):
-            extensions.setdefault("traceparent", new_traceparent(current_traceparent()))
-            return cls(**fields, **extensions)
-        fields["traceparent"] = new_traceparent(current_traceparent())
+            return cls(**{**fields, **extensions})
         return assemble(cls, fields)
 
     def _trusted(self, event_type: str, subject: str | None, epoch: int) -> bool:

@@ -1,9 +1,11 @@
-"""W3C trace context (``traceparent``) on envelopes: the CloudEvents distributed-tracing extension.
+"""W3C trace context (``traceparent``, ``tracestate``) on envelopes: the CloudEvents distributed-tracing extension.
 
 Every envelope the ``Bus`` builds carries ``traceparent`` = ``00-<trace id>-<span id>-<flags>``. Inside a
 handler the trace of the event being handled is the *current* one (a context variable that dispatch sets around
 the handler, its intent gate and its result), so whatever the handler publishes continues that trace with a
-fresh span id; outside any handler a publish starts a new trace. Work a handler hands to a background task keeps
+fresh span id, and names the handled event's span as its cause in ``tracestate`` (``thatdam=<span id>``, our
+vendor entry): a trace is then a tree of events, not only a set, which ``bus-tail --trace`` draws. Outside any
+handler a publish starts a new trace, with no ``tracestate``. Work a handler hands to a background task keeps
 the trace if the task is created inside the handler (asyncio copies the context) or with a context copied there
 (``contextvars.copy_context()``, as the capture manager does for captures it starts later).
 """
@@ -23,6 +25,14 @@ _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 """Used with ``fullmatch``: ``$`` would also accept a trailing newline, which pydantic's pattern refuses."""
 SAMPLED = "01"
+TRACESTATE_KEY = "thatdam"
+"""Our ``tracestate`` entry: its value is the span id of the event that caused this one."""
+TRACESTATE_MAX = 512
+_TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z0-9][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+"""One W3C ``tracestate`` list member: ``key=value`` (a simple or ``tenant@system`` key; printable value)."""
+_SPAN_ID = re.compile(r"(?!0{16})[0-9a-f]{16}")
 
 _current: ContextVar[str | None] = ContextVar("thatdam_traceparent", default=None)
 
@@ -46,6 +56,41 @@ def check_traceparent(value: str | None) -> str | None:
     if value is not None and (value[3:35] == _ZERO_TRACE_ID or value[36:52] == _ZERO_SPAN_ID):
         raise ValueError("traceparent must be 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>, ids not all zero")
     return value
+
+
+def check_tracestate(value: str | None) -> str | None:
+    """Pydantic validator of the envelope's ``tracestate``: W3C's list of at most 32 ``key=value`` members,
+    comma-separated (optional spaces around), each key once, 512 characters in all."""
+    if value is None:
+        return value
+    members = [member.strip(" \t") for member in value.split(",")]
+    keys = [member.partition("=")[0] for member in members]
+    if (len(value) > TRACESTATE_MAX or len(members) > 32 or len(set(keys)) != len(keys)
+            or not all(_TRACESTATE_MEMBER.fullmatch(member) for member in members)):
+        raise ValueError("tracestate must be W3C's list of up to 32 unique key=value members, 512 characters")
+    return value
+
+
+def cause_tracestate(cause: str | None) -> str | None:
+    """The ``tracestate`` of an event published while ``cause`` (a traceparent) is current: our entry naming its
+    span; None outside any trace. Other vendors' entries of the cause are not carried on."""
+    return f"{TRACESTATE_KEY}={cause[36:52]}" if cause is not None and is_traceparent(cause) else None
+
+
+def cause_span_of(tracestate: str | None) -> str | None:
+    """The span id our entry of a (received, so untrusted) ``tracestate`` names as the cause; None if none."""
+    if not tracestate:
+        return None
+    for member in tracestate.split(","):
+        key, _, value = member.strip(" \t").partition("=")
+        if key == TRACESTATE_KEY:
+            return value if _SPAN_ID.fullmatch(value) else None
+    return None
+
+
+def span_id_of(traceparent: str | None) -> str | None:
+    """The 16-hex span id of a valid ``traceparent``; None for anything else."""
+    return traceparent[36:52] if traceparent is not None and is_traceparent(traceparent) else None
 
 
 def trace_id_of(traceparent: str | None) -> str | None:

@@ -19,7 +19,7 @@ from tests.nodes import NodeProcess, node_env
 from tests.observability.support import has_consumer, stream_declared
 from tests.tools.tail_process import TailProcess
 from thatdam_bus.recorder.amqp_stream import stream_name
-from thatdam_bus.tracing import trace_id_of
+from thatdam_bus.tracing import cause_span_of, span_id_of, trace_id_of
 from thatdam_bus.transports.amqp import AmqpTransport
 
 CAMERA, RELAY = "cam-node", "relay-node"
@@ -108,3 +108,16 @@ async def test_bus_tail_follows_one_intent_across_two_nodes_and_five_event_types
     indexed = [record["event"]["data"] for record in records if record["routing_key"].endswith(".indexed")]
     assert all(news["indexed_by"] == CAMERA for news in indexed)
     assert {news["frame_event_id"] for news in indexed} <= frame_ids, "each announcement is of a traced frame"
+
+    # What caused what (tracestate): the intent (not recorded) caused its result, the capture and the frames;
+    # each frame caused its indexing and its relay.
+    span_of = {record["event"]["id"]: span_id_of(record["event"]["traceparent"]) for record in records}
+    cause = {record["event"]["id"]: cause_span_of(record["event"].get("tracestate")) for record in records}
+    first_level = [record["event"]["id"] for record in records if kind(record) == "intent.result"
+                   or record["routing_key"].endswith((".started", ".ready"))]
+    [intent_span] = {cause[event_id] for event_id in first_level}
+    assert intent_span is not None and intent_span not in span_of.values()
+    for record in records:
+        if record["routing_key"].endswith((".indexed", ".latest")):
+            assert cause[record["event"]["id"]] == span_of[record["event"]["data"]["frame_event_id"]], \
+                "caused by the frame it is about"

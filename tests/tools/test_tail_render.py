@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import orjson
 import pytest
 
-from thatdam_bus import CaptureStartIntent
+from thatdam_bus import CaptureStartIntent, NodeLeft
 from thatdam_bus.cli.tail import EventFilter, use_colour
 from thatdam_bus.cli.tail_render import (
     RAW_PREVIEW_BYTES,
+    CauseTree,
     Record,
     Style,
     human_line,
@@ -23,6 +25,7 @@ from thatdam_bus.envelope import decode_raw, encode
 from thatdam_bus.publisher import Bus
 from thatdam_bus.security import ClusterKey, IntentVerifier, Keyring, sign_envelope
 from thatdam_bus.security.signing import check_signature
+from thatdam_bus.tracing import trace_scope
 from thatdam_bus.transports.base import Delivery
 
 KEY = ClusterKey.from_text("tail test key")
@@ -147,3 +150,21 @@ def test_colour_follows_the_terminal_and_no_color(monkeypatch: pytest.MonkeyPatc
     assert use_colour("always", io.StringIO()) and not use_colour("never", Tty())
     monkeypatch.setenv("NO_COLOR", "")  # https://no-color.org: only a non-empty value counts
     assert use_colour("auto", Tty())
+
+
+def test_a_trace_is_drawn_as_the_tree_of_what_caused_what() -> None:
+    """Lines of ``--trace`` go one level under the printed event that caused them; an event whose cause was not
+    printed (the unrecorded intent of a result) starts at the left, and so does one naming a stranger."""
+    bus = Bus(transport=None, cluster="c", node_id="n1")  # type: ignore[arg-type]
+    intent = bus.envelope(NodeLeft(node_id="n1"))  # stands in for the intent: caused by nothing, not printed
+    with trace_scope(intent.traceparent):
+        result = bus.envelope(NodeLeft(node_id="n1"))
+        frame = bus.envelope(NodeLeft(node_id="n1"))
+    with trace_scope(frame.traceparent):
+        indexed = bus.envelope(NodeLeft(node_id="n1"))
+    with trace_scope(indexed.traceparent):
+        deeper = bus.envelope(NodeLeft(node_id="n1"))
+    tree = CauseTree()
+    lines = [human_line(_inspect(encode(event), "node.n1.left"), Style(colour=False), raw=False, headers=False,
+                        tree=tree) for event in (result, frame, indexed, deeper, result)]
+    assert [re.match(r"\D*", line).group(0) for line in lines] == ["", "", "└─ ", "   └─ ", ""]  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from thatdam_bus.cli.logs import configure_logging
-from thatdam_bus.cli.tail_render import Record, Style, human_line, inspect, json_line
+from thatdam_bus.cli.tail_render import CauseTree, Record, Style, human_line, inspect, json_line
 from thatdam_bus.cli.tail_replay import add_replay_arguments, open_recorder, replay_tail, trace_filter, window_of
 from thatdam_bus.config import load_settings
 from thatdam_bus.security.keys import Keyring, load_keyring
@@ -98,6 +98,7 @@ class Printer:
 
     def __post_init__(self) -> None:
         self.done = asyncio.Event()
+        self.tree = CauseTree() if self.matches.trace is not None else None
 
     def wants(self, delivery: Delivery) -> bool:
         """Would this delivery be printed (the filters; not ``--count``)?"""
@@ -112,7 +113,7 @@ class Printer:
         if self.args.json:
             line = json_line(record, raw=self.args.raw, headers=self.args.headers)
         else:
-            line = human_line(record, self.style, raw=self.args.raw, headers=self.args.headers)
+            line = human_line(record, self.style, raw=self.args.raw, headers=self.args.headers, tree=self.tree)
         try:
             print(line, flush=True)
         except BrokenPipeError:

@@ -21,6 +21,7 @@ from thatdam_bus.errors import SchemaError
 from thatdam_bus.events.registry import model_for_type
 from thatdam_bus.security.keys import Keyring
 from thatdam_bus.security.signing import check_signature
+from thatdam_bus.tracing import cause_span_of, span_id_of
 from thatdam_bus.transports.base import Delivery
 
 RAW_PREVIEW_BYTES = 512
@@ -164,9 +165,37 @@ def _clock(event_time: str | None) -> str:
     return moment.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
-def human_line(record: Record, style: Style, *, raw: bool, headers: bool) -> str:
-    """``time  routing-key  type  node/service  payload`` (plus a signature mark for intents)."""
+class CauseTree:
+    """Indents the lines of one trace (``bus-tail --trace``) by cause: an event whose ``tracestate`` names the
+    span of an event printed before it goes one level under that event; one whose cause was not printed (the
+    intent itself is not recorded, so its result, capture and frames) starts at the left. Remembers the spans
+    of the events it printed, up to ``limit`` (then starts over: a trace that long is a stream, not a tree)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._depth: dict[str, int] = {}
+        self._limit = limit
+
+    def prefix(self, event: dict[str, Any]) -> str:
+        cause = cause_span_of(_text(event.get("tracestate")))
+        depth = self._depth.get(cause, -1) + 1 if cause is not None else 0
+        span = span_id_of(_text(event.get("traceparent")))
+        if span is not None:
+            if len(self._depth) >= self._limit:
+                self._depth.clear()
+            self._depth[span] = depth
+        return "" if depth == 0 else "   " * (depth - 1) + "└─ "
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def human_line(record: Record, style: Style, *, raw: bool, headers: bool, tree: CauseTree | None = None) -> str:
+    """``time  routing-key  type  node/service  payload`` (plus a signature mark for intents); with ``tree``
+    (``--trace``), indented under the event that caused it."""
     line = _event_line(record, style) if record.event is not None else _error_line(record, style, raw)
+    if tree is not None and record.event is not None:
+        line = tree.prefix(record.event) + line
     if headers:
         pairs = " ".join(f"{safe(str(k))}={safe(str(v))}" for k, v in sorted(record.headers.items()))
         line += "\n    " + style.paint(f"headers: {pairs or '(none)'}", "2")
