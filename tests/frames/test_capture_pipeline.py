@@ -279,3 +279,13 @@ async def test_a_stop_during_a_publish_finishes_and_counts_that_frame(store: Blo
         release.set()
     assert task.cancelled()
     assert finished == [0] and loop.stats.published == 1
+
+
+async def test_a_live_source_reports_each_drop_as_it_happens() -> None:
+    """Nobody takes frames: a live source keeps the newest and drops the rest, each one reported on the decode
+    thread at once (what ``thatdam_frames_dropped_total`` counts, even while nothing is published)."""
+    spec = parse_source("test://testsrc2?size=96x54&rate=50")
+    drops: list[int] = []
+    async with FrameReader(spec, lambda _frame: True, maxsize=1, on_drop=lambda: drops.append(1)) as reader:
+        await wait_until(lambda: len(drops) >= 5, what="5 frames dropped while nobody takes them")
+    assert len(drops) == reader.stats.dropped >= 5

@@ -121,7 +121,6 @@ class CaptureLoop:
         self._state = "new"
         self._captured_metric = FRAMES_CAPTURED.labels(device=self.device)
         self._dropped_metric = FRAMES_DROPPED.labels(device=self.device)
-        self._dropped_seen = 0
 
     async def run(self) -> None:
         """Capture until cancelled or the file ends; emits ``CaptureStopped`` either way."""
@@ -155,7 +154,7 @@ class CaptureLoop:
         sampler = Sampler(self.config.sampling)
         reader = FrameReader(self.spec, lambda item: sampler.accept(item.seconds, item.keyframe),
                              maxsize=self.config.buffer, stats=self.stats.reader,
-                             keyframes_only=self.config.sampling.fps is None)
+                             keyframes_only=self.config.sampling.fps is None, on_drop=self._dropped_metric.inc)
         try:
             self._state = "opening"
             await reader.start()
@@ -209,18 +208,14 @@ class CaptureLoop:
             raise
 
     def _account(self, emitting: asyncio.Future[bool], blob: StoredBlob) -> None:
-        """Count a published frame (and the reader's drops so far). Unpin the blob of a frame that was never
-        sent; one whose publish was cut off keeps its pin, since it may have reached the broker (a consumer
-        must still find its blob)."""
+        """Count a published frame. Unpin the blob of a frame that was never sent; one whose publish was cut
+        off keeps its pin, since it may have reached the broker (a consumer must still find its blob)."""
         sent = None if emitting.cancelled() else emitting.result()
         if sent:
             self.stats.published += 1
             self._captured_metric.inc()
         elif sent is False and self.config.pin_frames:
             self._store.unpin(blob.sha256)  # nobody will process an event that was never sent
-        if (dropped := self.stats.reader.dropped) != self._dropped_seen:
-            self._dropped_metric.inc(max(0, dropped - self._dropped_seen))
-            self._dropped_seen = dropped
 
     def _encode_and_store(self, item: DecodedFrame) -> tuple[Jpeg, StoredBlob]:
         """Runs on a worker thread: the CPU (scale + encode) and the file I/O of one frame."""

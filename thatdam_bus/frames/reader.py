@@ -59,14 +59,18 @@ class FrameReader:
     """Opens ``spec`` on its own thread and yields its kept frames through ``get``. Use as ``async with``."""
 
     def __init__(self, spec: SourceSpec, accept: Accept, *, maxsize: int = 4, stall_s: float | None = None,
-                 stats: ReaderStats | None = None, keyframes_only: bool = False) -> None:
-        """``keyframes_only``: decode keyframes only (``open_source``); ``accept`` then sees only those."""
+                 stats: ReaderStats | None = None, keyframes_only: bool = False,
+                 on_drop: Callable[[], None] | None = None) -> None:
+        """``keyframes_only``: decode keyframes only (``open_source``); ``accept`` then sees only those.
+        ``on_drop``: called on the decode thread for each frame dropped, as it is dropped (a metric counts
+        drops while nothing is published, too; it must be thread-safe)."""
         if maxsize < 1:
             raise ValueError("frame buffer size must be >= 1")
         self.spec = spec
         self.stats = stats if stats is not None else ReaderStats()
         self._accept = accept
         self._keyframes_only = keyframes_only
+        self._on_drop = on_drop
         self._maxsize = maxsize
         self._stall_s = stall_s if stall_s is not None else _default_stall(spec)
         self._buffer: deque[DecodedFrame] = deque()
@@ -185,6 +189,8 @@ class FrameReader:
             if len(self._buffer) >= self._maxsize:
                 self._buffer.popleft()
                 self.stats.dropped += 1
+                if self._on_drop is not None:
+                    self._on_drop()
             self._buffer.append(item)
         self._call(self._wakeup.set)
         return True
