@@ -89,8 +89,9 @@ class Settings(BaseSettings):
                                     description="flight recorder size bound in bytes; 0 turns the recorder off")
     recorder_segment_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024,
                                         description="recorder segment size: retention drops whole segments (at "
-                                        "least 1 MiB: on RabbitMQ one segment of headroom must hold what arrives "
-                                        "while retention runs)")
+                                        "least 1 MiB: on RabbitMQ a segment of headroom must hold the chunk that "
+                                        "overshoots a segment and what lands while retention runs, about 100 kB "
+                                        "at full speed; with 60 kB segments the stream's files passed the bound)")
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus /metrics port; unset: off")
     metrics_host: str = Field(default="127.0.0.1", min_length=1, description="address the metrics endpoint binds")
     mdns: bool = Field(default=True, description="advertise this node and browse for peers over mDNS (on/off)")

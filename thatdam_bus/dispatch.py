@@ -26,7 +26,7 @@ from thatdam_bus.security.gate import IntentGate
 from thatdam_bus.security.verifier import IntentVerifier
 from thatdam_bus.service import HandlerSpec
 from thatdam_bus.tracing import enter_trace, leave_trace, new_traceparent
-from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind
+from thatdam_bus.transports.base import ACK, Delivery, DeliveryCallback, Fate, Outcome, QueueKind, outcome_of_crash
 
 log = logging.getLogger("thatdam_bus.dispatch")
 
@@ -172,10 +172,10 @@ def make_callback(
         token = enter_trace(event.traceparent or new_traceparent())
         try:
             return await handle(event, delivery)
-        except Exception as exc:  # the gate's result publish, or its bookkeeping: retried like a handler failure
+        except Exception as exc:  # around the handler (context, intent gate): retried, bounded and counted alike
             log.warning("dispatch for %s failed on %s (attempt %d): %r",
                         spec.qualified_name, delivery.routing_key, delivery.attempt, exc)
-            return Outcome(Fate.REQUEUE, f"{type(exc).__name__}: {exc}", gave_up)
+            return replace(outcome_of_crash(exc), on_parked=gave_up)
         finally:
             leave_trace(token)
 

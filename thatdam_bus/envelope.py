@@ -1,8 +1,8 @@
 """The one envelope every message travels in: CloudEvents 1.0 attribute names plus our extensions.
 
 Extensions: ``epoch`` (newest leader epoch the sender knows: a fencing token), ``seq`` (per-source counter, for
-order and gap checks), ``traceparent`` (W3C trace context, see ``tracing``), and for intents ``exp`` / ``nonce`` /
-``sig``. The body on the wire is orjson bytes.
+order and gap checks), ``traceparent`` and ``tracestate`` (W3C trace context and the event's cause, see
+``tracing``), and for intents ``exp`` / ``nonce`` / ``sig``. The body on the wire is orjson bytes.
 """
 
 from __future__ import annotations

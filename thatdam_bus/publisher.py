@@ -22,7 +22,7 @@ from thatdam_bus.envelope import (
 from thatdam_bus.errors import PublishRefused, TransportError
 from thatdam_bus.metrics.instruments import count_published
 from thatdam_bus.outbox import Outbox, is_connected
-from thatdam_bus.tracing import cause_tracestate, current_traceparent, new_traceparent
+from thatdam_bus.tracing import child_context, current_traceparent
 from thatdam_bus.transports.base import Transport
 from thatdam_bus.types import EpochSource
 
@@ -72,11 +72,12 @@ class Bus:
         cls = typed_envelope(type(payload))
         fields = {"type": payload.event_type, "source": self.source, "subject": subject, "data": payload,
                   "epoch": epoch, "seq": next(self._seq)}
-        cause = current_traceparent()
-        fields["traceparent"] = new_traceparent(cause)
-        if cause is not None:
-            fields["tracestate"] = cause_tracestate(cause)
+        fields["traceparent"], tracestate = child_context(current_traceparent())
+        if tracestate is not None:
+            fields["tracestate"] = tracestate
         if extensions or not self._trusted(payload.event_type, subject, epoch):
+            if "traceparent" in extensions:  # the caller's trace: our cause names a span of another one
+                fields.pop("tracestate", None)
             return cls(**{**fields, **extensions})
         return assemble(cls, fields)
 

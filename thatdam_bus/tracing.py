@@ -33,6 +33,8 @@ _TRACESTATE_MEMBER = re.compile(
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
 """One W3C ``tracestate`` list member: ``key=value`` (a simple or ``tenant@system`` key; printable value)."""
 _SPAN_ID = re.compile(r"(?!0{16})[0-9a-f]{16}")
+_OURS_ALONE = re.compile(r"thatdam=(?!0{16})[0-9a-f]{16}")
+"""The ``tracestate`` the Bus writes: checked by this one match instead of the member-by-member parse."""
 
 _current: ContextVar[str | None] = ContextVar("thatdam_traceparent", default=None)
 
@@ -59,22 +61,28 @@ def check_traceparent(value: str | None) -> str | None:
 
 
 def check_tracestate(value: str | None) -> str | None:
-    """Pydantic validator of the envelope's ``tracestate``: W3C's list of at most 32 ``key=value`` members,
-    comma-separated (optional spaces around), each key once, 512 characters in all."""
-    if value is None:
+    """Pydantic validator of the envelope's ``tracestate`` (whose length the field bounds): W3C's list of at
+    most 32 ``key=value`` members, comma-separated, optional spaces around, each key once; empty members, and
+    an empty list, are allowed (W3C: vendors must accept them)."""
+    if value is None or _OURS_ALONE.fullmatch(value):
         return value
-    members = [member.strip(" \t") for member in value.split(",")]
+    members = [member for member in (part.strip(" \t") for part in value.split(",")) if member]
     keys = [member.partition("=")[0] for member in members]
-    if (len(value) > TRACESTATE_MAX or len(members) > 32 or len(set(keys)) != len(keys)
+    if (len(members) > 32 or len(set(keys)) != len(keys)
             or not all(_TRACESTATE_MEMBER.fullmatch(member) for member in members)):
-        raise ValueError("tracestate must be W3C's list of up to 32 unique key=value members, 512 characters")
+        raise ValueError("tracestate must be W3C's list of up to 32 key=value members, each key once")
     return value
 
 
-def cause_tracestate(cause: str | None) -> str | None:
-    """The ``tracestate`` of an event published while ``cause`` (a traceparent) is current: our entry naming its
-    span; None outside any trace. Other vendors' entries of the cause are not carried on."""
-    return f"{TRACESTATE_KEY}={cause[36:52]}" if cause is not None and is_traceparent(cause) else None
+def child_context(cause: str | None) -> tuple[str, str | None]:
+    """(traceparent, tracestate) of an event published while ``cause`` is the current traceparent: a new span
+    in its trace naming its span as the cause (our ``tracestate`` entry; other vendors' entries of the cause are
+    not carried on); a new trace and no tracestate when there is no valid cause."""
+    trace_id = trace_id_of(cause)
+    if trace_id is None or cause is None:
+        fresh = random_hex(48)
+        return f"00-{fresh[:32]}-{fresh[32:]}-{SAMPLED}", None
+    return f"00-{trace_id}-{random_hex(16)}-{cause[-2:]}", f"{TRACESTATE_KEY}={cause[36:52]}"
 
 
 def cause_span_of(tracestate: str | None) -> str | None:
@@ -102,12 +110,7 @@ def trace_id_of(traceparent: str | None) -> str | None:
 
 def new_traceparent(parent: str | None = None) -> str:
     """A new span: in ``parent``'s trace (keeping its flags) when there is one, else in a new trace."""
-    trace_id = trace_id_of(parent)
-    flags = parent[-2:] if trace_id is not None and parent is not None else SAMPLED
-    if trace_id is None:
-        fresh = random_hex(48)
-        return f"00-{fresh[:32]}-{fresh[32:]}-{flags}"
-    return f"00-{trace_id}-{random_hex(16)}-{flags}"
+    return child_context(parent)[0]
 
 
 def current_traceparent() -> str | None:

@@ -153,14 +153,20 @@ async def recorded(state_dir: Path, key: str, count: int, timeout: float = 10.0)
 
 
 def solo(state_dir: Path) -> NodeProcess:
-    node = NodeProcess(state_dir)
-    node.wait_for_log("flight recorder")
-    return node
+    return _started(NodeProcess(state_dir), "flight recorder")
 
 
 def leader(state_dir: Path, env: dict[str, str]) -> NodeProcess:
-    node = NodeProcess(state_dir, **env)
-    node.wait_for_log("flight recorder: stream")
+    return _started(NodeProcess(state_dir, **env), "flight recorder: stream")
+
+
+def _started(node: NodeProcess, needle: str) -> NodeProcess:
+    """``node`` once its log shows ``needle``; killed if it never does (a failed start leaves no process)."""
+    try:
+        node.wait_for_log(needle)
+    except BaseException:
+        node.kill()
+        raise
     return node
 
 

@@ -185,3 +185,19 @@ async def test_the_solo_recorder_leaves_a_hole_where_its_queue_dropped_events(tm
         writer.close()
     kept = [(entry.offset, entry.body) for entry in RingReader(tmp_path).read(0, 100)]
     assert kept == [(0, b"first"), (6, b"after the burst"), (7, b"again")]
+
+
+def test_a_hole_at_the_end_survives_a_restart(tmp_path: Path) -> None:
+    """Events lost just before the node stops: their offsets stay unused after it starts again."""
+    writer = ring(tmp_path)
+    writer.append("obs.seq", b"0")
+    writer.append("obs.seq", b"1")
+    writer.skip(3)
+    writer.close()
+    writer = ring(tmp_path)
+    assert writer.next_offset == 5 and writer.append("obs.seq", b"5") == 5
+    writer.skip(2)
+    writer.skip(1)  # again, before anything was recorded after the first skip
+    assert writer.append("obs.seq", b"9") == 9
+    writer.close()
+    assert [entry.offset for entry in RingReader(tmp_path).read(0, 100)] == [0, 1, 5, 9]

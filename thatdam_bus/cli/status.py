@@ -107,23 +107,24 @@ def _total(members: list[dict[str, Any]], figure: str) -> int | None:
 def durable_queues(prefix: str, node_ids: Iterable[str]) -> set[str]:
     """Every durable queue the installed services declare: shared ones once, per-node ones for ``node_ids``."""
     from thatdam_bus.node.services import discover_services
+    from thatdam_bus.transports.amqp_topology import Topology
 
     handlers = [h for service in discover_services() for h in service.handlers if h.queue.kind is QueueKind.DURABLE]
-    names = {h.queue.name for h in handlers if not h.per_node}
-    names |= {h.queue_for(node_id).name for h in handlers if h.per_node for node_id in node_ids}
-    return {f"{prefix}.{name}" for name in names}
+    specs = [h.queue for h in handlers if not h.per_node]
+    specs += [h.queue_for(node_id) for h in handlers if h.per_node for node_id in node_ids]
+    return {Topology(prefix).queue_name(spec) for spec in specs}
 
 
 async def broker_queues(transport: Transport, prefix: str, view: StatusView) -> dict[str, QueueFigures] | None:
     """The durable queues of ``durable_queues`` and those the nodes reported, as RabbitMQ sees them now; None
     when it cannot be asked (a solo node's socket) or does not answer."""
-    from thatdam_bus.transports.amqp import AmqpTransport  # every ``thatdam`` command imports this module
-
-    if not isinstance(transport, AmqpTransport):
+    queue_figures = getattr(transport, "queue_figures", None)
+    if queue_figures is None:
         return None
     reported = {q for beat, _ in view.beats.values() for q in beat.queues_without_consumers}
     try:
-        return await transport.queue_figures(sorted(durable_queues(prefix, view.beats) | reported))
+        figures: dict[str, QueueFigures] = await queue_figures(sorted(durable_queues(prefix, view.beats) | reported))
+        return figures
     except Exception as exc:
         log.warning("could not ask RabbitMQ about the durable queues: %r", exc)
         return None

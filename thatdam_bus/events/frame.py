@@ -31,10 +31,11 @@ class FrameReady(Payload):
 class FrameIndexed(Payload):
     """A frame is in an indexer's catalogue (``frame.<node>.<device>.indexed``, keyed by the capturing node).
 
-    Announced once per frame, after the row is committed, by the node that indexed it; it continues the
-    frame's trace, so ``bus-tail --trace`` follows a capture to the catalogue. Transient: the catalogue is the
-    record, this is the news (an indexer killed between its commit and this publish indexes nothing new when
-    the frame comes again, and announces nothing)."""
+    Announced by the node that indexed it, after its row is committed: once per catalogue holding the frame
+    (normally one; a frame redelivered to another node after a crash may be in two, and announced by both). It
+    continues the frame's trace, so ``bus-tail --trace`` follows a capture to the catalogue. Transient: the
+    catalogue is the record, this is the news (an indexer killed between its commit and this publish finds the
+    row when the frame comes back to it, and announces nothing)."""
 
     event_type = "thatdam.frame.indexed.v1"
     node_id: NodeId

@@ -181,6 +181,7 @@ class FrameReader:
     def _push(self, item: DecodedFrame) -> bool:
         """Hand a kept frame over; False when stopping."""
         self.stats.sampled += 1
+        dropped = False
         with self._cond:
             while len(self._buffer) >= self._maxsize and not self.spec.live and not self._stop.is_set():
                 self._cond.wait()
@@ -189,9 +190,10 @@ class FrameReader:
             if len(self._buffer) >= self._maxsize:
                 self._buffer.popleft()
                 self.stats.dropped += 1
-                if self._on_drop is not None:
-                    self._on_drop()
+                dropped = True
             self._buffer.append(item)
+        if dropped and self._on_drop is not None:
+            self._on_drop()
         self._call(self._wakeup.set)
         return True
 

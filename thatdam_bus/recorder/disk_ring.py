@@ -96,9 +96,20 @@ class DiskRing:
         return offset
 
     def skip(self, count: int) -> None:
-        """Leave ``count`` offsets unused for events that will never be recorded (counted in ``skipped``)."""
+        """Leave ``count`` offsets unused for events that will never be recorded (counted in ``skipped``). The
+        next record goes into a segment named by its offset, so the hole is on disk, and survives a restart
+        (which continues after the newest segment's name or last record) even if nothing follows it yet."""
         self._next += count
         self.skipped += count
+        current = self._order[-1]
+        if self._sizes[current] == 0:  # nothing in it: it would name a used offset
+            self.close()
+            self._order.pop()
+            del self._sizes[current]
+            current.unlink(missing_ok=True)
+            self._new_segment()
+        else:
+            self._roll()
 
     def expire(self) -> None:
         """Apply the age bound now (the service calls this periodically, so an idle recorder still ages)."""

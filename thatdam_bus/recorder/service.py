@@ -22,7 +22,7 @@ from thatdam_bus.recorder.amqp_stream import declare_recorder_stream
 from thatdam_bus.recorder.disk_ring import DiskRing, open_disk_ring
 from thatdam_bus.service import Service
 from thatdam_bus.topics import Patterns
-from thatdam_bus.transports.base import ACK, Delivery, LossySubscription, Outcome, QueueSpec, Subscription
+from thatdam_bus.transports.base import ACK, Delivery, LossySubscription, Outcome, QueueSpec
 
 EXPIRE_EVERY_S = 10.0
 RECORDER_QUEUE_PREFETCH = 1
@@ -60,12 +60,14 @@ async def keep_recorder(ctx: TaskContext) -> None:
 
 async def _record(ctx: TaskContext, ring: DiskRing) -> None:
     accounted = 0
-    subscription: Subscription | None = None
+    lossy: LossySubscription | None = None
+    """The subscription, once made, if its queue counts what it drops (checked once: a runtime protocol check
+    costs microseconds)."""
 
     async def append(delivery: Delivery) -> Outcome:
         nonlocal accounted
-        if isinstance(subscription, LossySubscription) and subscription.dropped > accounted:
-            lost, accounted = subscription.dropped - accounted, subscription.dropped
+        if lossy is not None and lossy.dropped > accounted:
+            lost, accounted = lossy.dropped - accounted, lossy.dropped
             ctx.log.warning("flight recorder: its queue overflowed; %d events not recorded", lost)
             ring.skip(lost)
         ring.append(delivery.routing_key, delivery.body, delivery.headers)
@@ -73,6 +75,7 @@ async def _record(ctx: TaskContext, ring: DiskRing) -> None:
 
     spec = QueueSpec(patterns=Patterns.RECORDED, prefetch=RECORDER_QUEUE_PREFETCH)
     subscription = await ctx.bus.transport.subscribe(spec, append)
+    lossy = subscription if isinstance(subscription, LossySubscription) else None
     ctx.log.info("flight recorder: %r", ring)
     try:
         while True:

@@ -84,7 +84,9 @@ class Outcome:
     """Called by the transport once the message is stored as a dead letter: on a dead letter, and on a requeue
     that ``settle`` turns into one. What counts dead letters (dispatch's metrics) hangs here, so the count
     follows the dead-letter queue, not the decision: a dead letter that could not be stored comes back and is
-    decided, and counted, once more only when it is stored."""
+    decided, and counted, once more only when it is stored. (A socket client has no word back from the server,
+    so it runs it when it sends the dead letter; a connection lost before the server reads that frame makes the
+    message come back, and the count one high.)"""
 
 
 ACK = Outcome(Fate.ACK)

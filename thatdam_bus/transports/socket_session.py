@@ -193,4 +193,4 @@ class SocketSubscription:
                 continue
             connection.send(settle_frame(tag, outcome.fate.value, outcome.reason))
             if outcome.fate is Fate.DEAD_LETTER and outcome.on_parked is not None:
-                outcome.on_parked()  # the server stores it as it reads the frame, or requeues it if it never does
+                outcome.on_parked()  # no reply comes: the server stores it as it reads the frame (see Outcome)
