@@ -102,14 +102,12 @@ class DiskRing:
         self._next += count
         self.skipped += count
         current = self._order[-1]
-        if self._sizes[current] == 0:  # nothing in it: it would name a used offset
-            self.close()
+        self.close()
+        if self._sizes[current] == 0:  # nothing in it: its name would stand for an offset never used
             self._order.pop()
             del self._sizes[current]
             current.unlink(missing_ok=True)
-            self._new_segment()
-        else:
-            self._roll()
+        self._new_segment()
 
     def expire(self) -> None:
         """Apply the age bound now (the service calls this periodically, so an idle recorder still ages)."""
