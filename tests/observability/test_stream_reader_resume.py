@@ -4,7 +4,8 @@ RabbitMQ 3.10 crashes stream readers that race retention or a segment roll-over 
 bus-tail then hung on a consumer that would never deliver again (a CI run timed out in ``end()``). Here the
 broker closes the reader's connection itself (``rabbitmqctl close_connection``) in the middle of a replay:
 every event must still come exactly once, in order, including those published after the drop, which only a
-new reader can see. A broker that stays out of reach ends the replay with ``ReaderLost``, not a hang.
+new reader can see. A broker that stays out of reach ends the replay with ``ReaderLost``, and a stream deleted
+under the reader with a ``TransportError``, not a hang.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 
+import aio_pika
 import orjson
 import pytest
 
 from tests.conftest import ON_CI, delete_amqp_prefix
+from thatdam_bus.errors import TransportError
 from thatdam_bus.recorder.amqp_stream import (
     RESUME_ATTEMPTS,
     ReaderLost,
@@ -124,3 +127,19 @@ async def test_a_broker_out_of_reach_ends_the_reader_with_reader_lost(rabbitmq: 
                 async for entry in entries:
                     if seq_of(entry.body) == 0:
                         assert await asyncio.to_thread(close_reader_connections, prefix) == 1
+
+
+async def test_a_stream_deleted_under_the_reader_ends_it_with_a_transport_error(rabbitmq: str, prefix: str,
+                                                                                stream: AmqpTransport) -> None:
+    """The broker cancels the consumer: not a drop to retry, and not a wait that never ends."""
+    await publish(stream, range(10))
+    async with StreamSource.open(rabbitmq, prefix) as source:
+        assert source is not None
+        with pytest.raises(TransportError, match="cancelled the reader") as raised:
+            async with asyncio.timeout(30), contextlib.aclosing(source.follow("first")) as entries:
+                async for entry in entries:
+                    if seq_of(entry.body) == 9:
+                        connection = await aio_pika.connect(rabbitmq)
+                        async with connection:
+                            await (await connection.channel()).queue_delete(stream_name(prefix))
+    assert not isinstance(raised.value, ReaderLost)

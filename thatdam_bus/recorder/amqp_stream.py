@@ -29,7 +29,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from aiormq.exceptions import ChannelInvalidStateError, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, ChannelPreconditionFailed
 from yarl import URL
 
 from thatdam_bus.errors import TransportError
@@ -199,7 +199,9 @@ class StreamSource:
     async def _attach(self, start: OffsetSpec, on_attached: Callable[[], Awaitable[None]] | None,
                       ) -> AsyncGenerator[AbstractIncomingMessage, None]:
         """One consumer of the stream from ``start``, messages acked as they are taken (the prefetch bounds what
-        waits here); raises ``_ReaderDropped`` when the broker closes its connection or cannot be reached."""
+        waits here); raises ``_ReaderDropped`` when the broker closes its connection or cannot be reached, and
+        ``TransportError`` when it cancels the consumer or closes the channel for a reason a retry would meet
+        again."""
         inbox: asyncio.Queue[AbstractIncomingMessage | BaseException] = asyncio.Queue()
         channel: AbstractChannel | None = None
         try:
@@ -208,7 +210,11 @@ class StreamSource:
             def closed(_: object, exc: BaseException | None) -> None:  # a cancelled close comes as CancelledError
                 inbox.put_nowait(exc if isinstance(exc, Exception) else ConnectionError(f"channel closed: {exc!r}"))
 
+            def cancelled(_: object) -> None:  # one consumer on this channel
+                inbox.put_nowait(TransportError(f"the broker cancelled the reader of {self.name} (deleted?)"))
+
             channel.close_callbacks.add(closed)
+            (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(cancelled)
             await channel.set_qos(prefetch_count=PREFETCH)
             queue = await channel.declare_queue(self.name, passive=True)
             await queue.consume(inbox.put, arguments={OFFSET_HEADER: start})
@@ -220,8 +226,12 @@ class StreamSource:
                     raise message
                 await message.ack()
                 yield message
+        except TransportError:
+            raise
         except (ConnectionError, TimeoutError, ChannelInvalidStateError) as exc:
             raise _ReaderDropped() from exc
+        except AMQPError as exc:  # a channel error: the stream is gone, or the reader may not read it
+            raise TransportError(f"the broker refused the reader of {self.name}: {exc}") from exc
         finally:
             if channel is not None:
                 with contextlib.suppress(Exception):
