@@ -103,9 +103,7 @@ def span_id_of(traceparent: str | None) -> str | None:
 
 def trace_id_of(traceparent: str | None) -> str | None:
     """The 32-hex trace id of a valid ``traceparent``; None for anything else."""
-    if traceparent is None or not _TRACEPARENT.fullmatch(traceparent):
-        return None
-    return traceparent[3:35]
+    return traceparent[3:35] if traceparent is not None and is_traceparent(traceparent) else None
 
 
 def new_traceparent(parent: str | None = None) -> str:

@@ -340,8 +340,7 @@ class AmqpSubscription:
             return await self._republish_retry(link, message, delivery)
         if outcome.fate is Fate.DEAD_LETTER:
             await self._publish_dead_letter(link, message, delivery, outcome.reason or "dead-lettered")
-            if outcome.on_parked is not None:
-                outcome.on_parked()
+            outcome.parked()
         return True
 
     async def _republish_retry(self, link: Link, message: DeliveredMessage, delivery: Delivery) -> bool:

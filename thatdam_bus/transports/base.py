@@ -81,12 +81,17 @@ class Outcome:
     fate: Fate
     reason: str | None = None
     on_parked: Callable[[], None] | None = field(default=None, compare=False, repr=False)
-    """Called by the transport once the message is stored as a dead letter: on a dead letter, and on a requeue
-    that ``settle`` turns into one. What counts dead letters (dispatch's metrics) hangs here, so the count
-    follows the dead-letter queue, not the decision: a dead letter that could not be stored comes back and is
-    decided, and counted, once more only when it is stored. (A socket client has no word back from the server,
-    so it runs it when it sends the dead letter; a connection lost before the server reads that frame makes the
-    message come back, and the count one high.)"""
+    """Run by the transport (through ``parked``) once the message is stored as a dead letter: on a dead
+    letter, and on a requeue that ``settle`` turns into one. What counts dead letters (dispatch's metrics)
+    hangs here, so the count follows the dead-letter queue, not the decision: a dead letter that could not be
+    stored comes back and is decided, and counted, once more only when it is stored. (A socket client has no
+    word back from the server, so it runs it when it sends the dead letter; a connection lost before the
+    server reads that frame makes the message come back, and the count one high.)"""
+
+    def parked(self) -> None:
+        """What a transport calls once it has stored this outcome's dead letter."""
+        if self.on_parked is not None:
+            self.on_parked()
 
 
 ACK = Outcome(Fate.ACK)

@@ -177,8 +177,7 @@ class Broker:
             self.release(queue, delivery)
         else:
             self.dead_letter(delivery, outcome.reason or "rejected")
-            if outcome.on_parked is not None:
-                outcome.on_parked()
+            outcome.parked()
 
     def release(self, queue: MessageQueue, delivery: Delivery, *, redelivered: bool = True) -> None:
         """Give an unacked message back to the head of its queue. ``redelivered`` (a requeue, a callback

@@ -192,5 +192,5 @@ class SocketSubscription:
                 connection.ack(tag)
                 continue
             connection.send(settle_frame(tag, outcome.fate.value, outcome.reason))
-            if outcome.fate is Fate.DEAD_LETTER and outcome.on_parked is not None:
-                outcome.on_parked()  # no reply comes: the server stores it as it reads the frame (see Outcome)
+            if outcome.fate is Fate.DEAD_LETTER:
+                outcome.parked()  # no reply comes: the server stores it as it reads the frame (see Outcome)
